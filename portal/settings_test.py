@@ -1,0 +1,18 @@
+"""Settings for pytest: the real settings, with a throwaway secret key and a fast password hasher.
+
+pytest-django reads settings before any conftest runs, so these defaults cannot live in conftest.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("PORTAL_SECRET_KEY", "test-only-not-secret")
+
+from .settings import *  # noqa: E402,F403
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
