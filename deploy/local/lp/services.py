@@ -68,6 +68,7 @@ def _pg_ready(cfg: Config) -> bool:
 def ensure_postgres(cfg: Config, procs: Procs) -> None:
     if procs.pid("postgres") is not None:
         return
+    require_port(cfg.ports["postgres"], "PostgreSQL", "PORTAL_PG_PORT")
     bindir = _pg_bin()
     user = _pg_user()
     data = cfg.state_dir / "postgres"
@@ -105,7 +106,6 @@ def ensure_postgres(cfg: Config, procs: Procs) -> None:
         if result.returncode != 0:
             shutil.rmtree(data, ignore_errors=True)
             raise PlatformError(f"initdb failed:\n{result.stderr.strip()}")
-    require_port(cfg.ports["postgres"], "PostgreSQL", "PORTAL_PG_PORT")
     procs.start(
         "postgres",
         [
