@@ -7,7 +7,7 @@ import shutil
 import sys
 import time
 
-from . import cluster, services
+from . import cluster, monitoring, services
 from . import tiers as tiers_mod
 from .config import Config
 from .errors import PlatformError
@@ -28,6 +28,7 @@ def write_env(cfg: Config, plane: cluster.ControlPlane) -> None:
         "KUBECONFIG": str(plane.admin_kubeconfig),
         "DATABASE_URL": services.database_url(cfg),
         "CELERY_BROKER_URL": f"redis://127.0.0.1:{cfg.ports['redis']}/0",
+        "PROMETHEUS_URL": monitoring.url(cfg),
         "PORTAL_STATE_DIR": str(cfg.state_dir),
         "PORTAL_K8S_BIN": str(cfg.k8s_bin),
         "PORTAL_KWOK_BIN": str(cfg.kwok_bin),
@@ -50,6 +51,7 @@ def up(cfg: Config) -> None:
 
     step("PostgreSQL", lambda: services.ensure_postgres(cfg, procs))
     step("Redis", lambda: services.ensure_redis(cfg, procs))
+    step("Prometheus", lambda: monitoring.ensure_prometheus(cfg, procs))
     step("certificates", lambda: cluster.ensure_pki(plane))
     step("etcd", lambda: cluster.ensure_etcd(cfg, procs))
     step("kube-apiserver", lambda: cluster.ensure_apiserver(cfg, procs, plane, "PORTAL_APISERVER_PORT"))
@@ -74,11 +76,13 @@ def down(cfg: Config, purge: bool) -> None:
     procs = Procs(cfg.run, cfg.logs)
     # Tenant-cluster processes and anything else with a pid file stop first, the host last.
     names = sorted(p.stem for p in cfg.run.glob("*.pid")) if cfg.run.exists() else []
-    order = [n for n in names if n not in HOST_COMPONENTS + ["redis", "postgres"]]
+    order = [n for n in names if n not in HOST_COMPONENTS + ["redis", "postgres", "prometheus"]]
     order += [n for n in reversed(HOST_COMPONENTS) if n in names]
     for name in order:
         if procs.stop(name):
             print(f"  stopped {name}")
+    if "prometheus" in names and procs.stop("prometheus"):
+        print("  stopped prometheus")
     if "redis" in names and procs.stop("redis"):
         print("  stopped redis")
     if "postgres" in names:

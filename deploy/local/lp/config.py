@@ -55,6 +55,7 @@ class Config:
             "etcd": _port("PORTAL_ETCD_PORT", 52379),
             "etcd-peer": _port("PORTAL_ETCD_PEER_PORT", 52380),
             "apiserver": _port("PORTAL_APISERVER_PORT", 56443),
+            "prometheus": _port("PORTAL_PROMETHEUS_PORT", 59090),
         }
         if len(set(ports.values())) != len(ports):
             raise PlatformError(f"two components were given the same port: {ports}")
