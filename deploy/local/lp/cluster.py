@@ -312,6 +312,18 @@ def ensure_nodes(cfg: Config, plane: ControlPlane, tier_file: tiers_mod.TierFile
             "-p",
             json.dumps({"status": node["status"]}),
         )
+        # TaintNodesByCondition adds node.kubernetes.io/not-ready on create, and the node lifecycle
+        # controller that would lift it is off: set the taints we mean after the create.
+        kubectl(
+            cfg,
+            plane,
+            "patch",
+            "node",
+            node["metadata"]["name"],
+            "--type=merge",
+            "-p",
+            json.dumps({"spec": {"taints": node["spec"]["taints"]}}),
+        )
     wanted = {n["metadata"]["name"] for n in nodes}
     existing = kubectl(cfg, plane, "get", "nodes", "-l", "type=kwok", "-o", "name").stdout.split()
     stale = [n.split("/", 1)[1] for n in existing if n.split("/", 1)[1] not in wanted]
@@ -416,11 +428,8 @@ GATEWAY_RBAC = [
 ]
 
 
-def ensure_gateway(cfg: Config, procs: Procs, plane: ControlPlane, crds: list[dict]) -> None:
-    apply(cfg, plane, crds)
-    names = [f"crd/{c['metadata']['name']}" for c in crds]
-    kubectl(cfg, plane, "wait", "--for=condition=Established", "--timeout=60s", *names)
-    apply(cfg, plane, GATEWAY_RBAC + gateway_objects(cfg.gateway_domain))
+def ensure_gateway_emulator(procs: Procs, plane: ControlPlane) -> str:
+    """Start the Gateway API status controller for PLANE (needs GATEWAY_RBAC applied there)."""
     name = plane.proc("gateway")
     if procs.pid(name) is None:
         procs.start(
@@ -433,6 +442,15 @@ def ensure_gateway(cfg: Config, procs: Procs, plane: ControlPlane, crds: list[di
             ],
             env={"PYTHONUNBUFFERED": "1"},
         )
+    return name
+
+
+def ensure_gateway(cfg: Config, procs: Procs, plane: ControlPlane, crds: list[dict]) -> None:
+    apply(cfg, plane, crds)
+    names = [f"crd/{c['metadata']['name']}" for c in crds]
+    kubectl(cfg, plane, "wait", "--for=condition=Established", "--timeout=60s", *names)
+    apply(cfg, plane, GATEWAY_RBAC + gateway_objects(cfg.gateway_domain))
+    name = ensure_gateway_emulator(procs, plane)
     procs.wait(
         name,
         lambda: (

@@ -26,9 +26,14 @@ class Tier:
     nodes: int
     cpu: str
     memory: str
+    auto_nodes: int = 0
 
     def node_names(self) -> list[str]:
         return [f"gpu-{self.name}-{i}" for i in range(self.nodes)]
+
+    def auto_node_names(self) -> list[str]:
+        """The tier's Auto Nodes pool for tenant clusters: not in the host, each in one tenant at a time."""
+        return [f"auto-{self.name}-{i}" for i in range(self.auto_nodes)]
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,7 @@ def load(path: Path) -> TierFile:
                 nodes=_int(path, f"{where}.nodes", raw.get("nodes", 1), 0, 100),
                 cpu=_quantity(path, f"{where}.cpu", raw.get("cpu", "64")),
                 memory=_quantity(path, f"{where}.memory", raw.get("memory", "512Gi")),
+                auto_nodes=_int(path, f"{where}.autoNodes", raw.get("autoNodes", 0), 0, 100),
             )
         )
     names = [t.name for t in tiers]
@@ -102,6 +108,7 @@ def node_manifests(tier_file: TierFile, extra_labels: dict[str, str] | None = No
     """Node objects for KWOK to manage, with the labels and taint NVIDIA's GPU operator sets."""
     nodes: list[dict] = []
     common_annotations = {"kwok.x-k8s.io/node": "fake"}
+    system_resources = {"cpu": "32", "memory": "128Gi", "pods": "250", "ephemeral-storage": "200Gi"}
     for i in range(tier_file.system_nodes):
         nodes.append(
             {
@@ -119,44 +126,47 @@ def node_manifests(tier_file: TierFile, extra_labels: dict[str, str] | None = No
                         **(extra_labels or {}),
                     },
                 },
-                "status": {
-                    "capacity": {"cpu": "32", "memory": "128Gi", "pods": "250"},
-                    "allocatable": {"cpu": "32", "memory": "128Gi", "pods": "250"},
-                },
+                # No taints: the API server's TaintNodesByCondition adds node.kubernetes.io/not-ready on
+                # create, and with the node lifecycle controller off nothing would ever remove it.
+                "spec": {"taints": []},
+                # A real kubelet reports ephemeral-storage; pods that request it (vCluster's does) need it.
+                "status": {"capacity": system_resources, "allocatable": system_resources},
             }
         )
     for tier in tier_file.tiers:
         for name in tier.node_names():
-            resources = {
-                "cpu": tier.cpu,
-                "memory": tier.memory,
-                "pods": "110",
-                tier.resource: str(tier.gpus_per_node),
-            }
-            nodes.append(
-                {
-                    "apiVersion": "v1",
-                    "kind": "Node",
-                    "metadata": {
-                        "name": name,
-                        "annotations": common_annotations,
-                        "labels": {
-                            "type": "kwok",
-                            "kubernetes.io/hostname": name,
-                            "kubernetes.io/os": "linux",
-                            "kubernetes.io/arch": "amd64",
-                            TIER_LABEL: tier.name,
-                            "nvidia.com/gpu.present": "true",
-                            "nvidia.com/gpu.product": tier.product,
-                            "nvidia.com/gpu.memory": str(tier.memory_mib),
-                            "nvidia.com/gpu.count": str(tier.gpus_per_node),
-                            **(extra_labels or {}),
-                        },
-                    },
-                    "spec": {
-                        "taints": [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]
-                    },
-                    "status": {"capacity": resources, "allocatable": resources},
-                }
-            )
+            nodes.append(gpu_node_manifest(tier, name, extra_labels))
     return nodes
+
+
+def gpu_node_manifest(tier: Tier, name: str, extra_labels: dict[str, str] | None = None) -> dict:
+    """One GPU node of TIER for KWOK to manage, in the host cluster or joined to a tenant cluster."""
+    resources = {
+        "cpu": tier.cpu,
+        "memory": tier.memory,
+        "pods": "110",
+        "ephemeral-storage": "1Ti",
+        tier.resource: str(tier.gpus_per_node),
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "annotations": {"kwok.x-k8s.io/node": "fake"},
+            "labels": {
+                "type": "kwok",
+                "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                TIER_LABEL: tier.name,
+                "nvidia.com/gpu.present": "true",
+                "nvidia.com/gpu.product": tier.product,
+                "nvidia.com/gpu.memory": str(tier.memory_mib),
+                "nvidia.com/gpu.count": str(tier.gpus_per_node),
+                **(extra_labels or {}),
+            },
+        },
+        "spec": {"taints": [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]},
+        "status": {"capacity": resources, "allocatable": resources},
+    }
