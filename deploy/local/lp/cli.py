@@ -7,7 +7,7 @@ import shutil
 import sys
 import time
 
-from . import cluster, monitoring, services
+from . import cluster, monitoring, services, tenants
 from . import tiers as tiers_mod
 from .config import Config
 from .errors import PlatformError
@@ -33,6 +33,7 @@ def write_env(cfg: Config, plane: cluster.ControlPlane) -> None:
         "PORTAL_K8S_BIN": str(cfg.k8s_bin),
         "PORTAL_KWOK_BIN": str(cfg.kwok_bin),
         "PORTAL_HELM_BIN": str(cfg.helm_bin),
+        "PORTAL_VCLUSTER_CHART": str(tenants.chart_dir(cfg)),
         "PORTAL_GATEWAY_DOMAIN": cfg.gateway_domain,
         "PORTAL_SECRET_KEY": services.local_secret(cfg, "portal-secret-key"),
     }
@@ -61,6 +62,7 @@ def up(cfg: Config) -> None:
     step("nodes Ready", lambda: cluster.wait_nodes_ready(cfg, procs, plane))
     crds = cluster.gateway_api_crds(cfg)
     step("Gateway API", lambda: cluster.ensure_gateway(cfg, procs, plane, crds))
+    step("tenant clusters (vCluster)", lambda: tenants.ensure_emulator(cfg, procs))
     write_env(cfg, plane)
     print(f"platform up in {time.monotonic() - started:.1f}s")
     print(f"environment: {cfg.env_file}")
@@ -78,6 +80,8 @@ def down(cfg: Config, purge: bool) -> None:
     names = sorted(p.stem for p in cfg.run.glob("*.pid")) if cfg.run.exists() else []
     order = [n for n in names if n not in HOST_COMPONENTS + ["redis", "postgres", "prometheus"]]
     order += [n for n in reversed(HOST_COMPONENTS) if n in names]
+    # The vCluster emulator first: it would restart the tenant clusters' processes as they stop.
+    order.sort(key=lambda n: n != tenants.EMULATOR)
     for name in order:
         if procs.stop(name):
             print(f"  stopped {name}")
