@@ -1,0 +1,3 @@
+from __future__ import annotations
+
+from tests.factories import sent_tasks  # noqa: F401  (autouse: no test sends to the real broker)
