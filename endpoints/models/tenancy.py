@@ -107,7 +107,7 @@ class QuotaRequest(models.Model):
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="quota_requests")
     requested_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     gpus_total = models.PositiveIntegerField(null=True, blank=True, validators=v.between(0, v.MAX_QUOTA_GPUS))
     tier_gpus = models.JSONField(
