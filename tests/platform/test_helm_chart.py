@@ -555,53 +555,46 @@ def test_with_only_its_token_the_worker_installs_and_uninstalls_the_real_vcluste
     ]
     release = "tc"
     cluster_rbac = f"vc-{release}-v-{namespace}"
+    chart = vcluster_chart(platform)
+    install = [*helm, "upgrade", "--install", release, chart, "--values", str(VCLUSTER_VALUES)]
+    try:
+        result = run(install, timeout=180)
+        assert result.returncode == 0, result.stderr
 
-    result = run(
-        [*helm, "upgrade", "--install", release, vcluster_chart(platform), "--values", str(VCLUSTER_VALUES)],
-        timeout=180,
-    )
-    assert result.returncode == 0, result.stderr
+        status = json.loads(run([*helm, "status", release, "--output", "json"]).stdout)
+        assert status["info"]["status"] == "deployed"
+        # The chart's cluster-scoped RBAC (Gateway import from the host) went through the policy.
+        rbac_admin = client.RbacAuthorizationV1Api(admin)
+        assert rbac_admin.read_cluster_role(cluster_rbac).rules
+        assert rbac_admin.read_cluster_role_binding(cluster_rbac).subjects[0].namespace == namespace
 
-    status = json.loads(run([*helm, "status", release, "--output", "json"]).stdout)
-    assert status["info"]["status"] == "deployed"
-    # The chart's cluster-scoped RBAC (Gateway import from the host) went through the policy.
-    rbac_admin = client.RbacAuthorizationV1Api(admin)
-    assert rbac_admin.read_cluster_role(cluster_rbac).rules
-    assert rbac_admin.read_cluster_role_binding(cluster_rbac).subjects[0].namespace == namespace
+        # The tenant cluster comes up and writes its kubeconfig; the worker reads it with its token.
+        core = client.CoreV1Api(installed.worker.api)
+        secret = wait_for(
+            lambda: (
+                status_of(lambda: core.read_namespaced_secret(f"vc-{release}", namespace))[0] == 200
+                and core.read_namespaced_secret(f"vc-{release}", namespace)
+            ),
+            timeout=180,
+            interval=1,
+            what=f"Secret vc-{release} from the tenant cluster",
+        )
+        assert yaml.safe_load(base64.b64decode(secret.data["config"]))["clusters"]
 
-    # The tenant cluster comes up and writes its kubeconfig; the worker reads it with its token.
-    core = client.CoreV1Api(installed.worker.api)
-    secret = wait_for(
-        lambda: (
-            status_of(lambda: core.read_namespaced_secret(f"vc-{release}", namespace))[0] == 200
-            and core.read_namespaced_secret(f"vc-{release}", namespace)
-        ),
-        timeout=180,
-        interval=1,
-        what=f"Secret vc-{release} from the tenant cluster",
-    )
-    assert yaml.safe_load(base64.b64decode(secret.data["config"]))["clusters"]
+        # Running it again is an upgrade: helm patches every object, and that is allowed too.
+        result = run(install, timeout=180)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(run([*helm, "status", release, "--output", "json"]).stdout)["version"] == 2
 
-    # An upgrade (helm patches every object) is allowed too.
-    result = run(
-        [
-            *helm,
-            "upgrade",
-            release,
-            vcluster_chart(platform),
-            "--values",
-            str(VCLUSTER_VALUES),
-            "--reuse-values",
-        ],
-        timeout=180,
-    )
-    assert result.returncode == 0, result.stderr
-
-    result = run([*helm, "uninstall", release], timeout=180)
-    assert result.returncode == 0, result.stderr
-    assert status_of(lambda: rbac_admin.read_cluster_role(cluster_rbac))[0] == 404
-    assert status_of(lambda: rbac_admin.read_cluster_role_binding(cluster_rbac))[0] == 404
-    core.delete_namespace(namespace)
+        result = run([*helm, "uninstall", release], timeout=180)
+        assert result.returncode == 0, result.stderr
+        assert status_of(lambda: rbac_admin.read_cluster_role(cluster_rbac))[0] == 404
+        assert status_of(lambda: rbac_admin.read_cluster_role_binding(cluster_rbac))[0] == 404
+        core.delete_namespace(namespace)
+    finally:
+        # Whatever failed above, leave no tenant cluster (or its cluster-scoped RBAC) behind.
+        admin_helm = [platform.env["PORTAL_HELM_BIN"], f"--kubeconfig={platform.kubeconfig}", "-n", namespace]
+        run([*admin_helm, "uninstall", release, "--ignore-not-found"], timeout=180)
 
 
 def test_its_token_cannot_read_secrets_outside_tenant_namespaces(installed):
