@@ -19,7 +19,7 @@ import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.serializers.json import DjangoJSONEncoder
@@ -59,6 +59,11 @@ from .models import (
 )
 from .models.security import TOKEN_PREFIX
 
+if TYPE_CHECKING:  # pragma: no cover
+    from django.contrib.auth.models import AbstractBaseUser
+
+Actor: TypeAlias = "AbstractBaseUser | None"  # None: the system (workers, commands)
+
 # Fields never copied into audit events.
 _SECRET_FIELDS = frozenset({"secret_hash", "password"})
 
@@ -77,7 +82,7 @@ def snapshot(obj: dj.Model) -> dict[str, Any]:
 
 
 def audit(
-    actor,
+    actor: Actor,
     verb: str,
     obj: dj.Model,
     *,
@@ -119,12 +124,12 @@ def _bounded_text(field: str, value: str, limit: int = v.MAX_TEXT) -> str:
     return value
 
 
-def require_staff(actor, doing: str) -> None:
+def require_staff(actor: Actor, doing: str) -> None:
     if actor is not None and not (actor.is_authenticated and actor.is_staff):
         raise NotAllowed(f"only staff may {doing}")
 
 
-def require_role(actor, tenant: Tenant, role: Role, doing: str) -> None:
+def require_role(actor: Actor, tenant: Tenant, role: Role, doing: str) -> None:
     """Allow the system, staff, and members of TENANT whose role includes ROLE."""
     if actor is None or (actor.is_authenticated and actor.is_staff):
         return
@@ -147,7 +152,7 @@ def quota_request_url() -> str:
 # Tenants and members ------------------------------------------------------------------------
 
 
-def create_tenant(actor, *, slug: str, name: str) -> Tenant:
+def create_tenant(actor: Actor, *, slug: str, name: str) -> Tenant:
     """A new tenant with a zero quota (quota is raised through quota requests)."""
     require_staff(actor, "create tenants")
     tenant = Tenant(slug=slug, name=name)
@@ -159,7 +164,7 @@ def create_tenant(actor, *, slug: str, name: str) -> Tenant:
     return tenant
 
 
-def add_member(actor, tenant: Tenant, user, role: str = Role.MEMBER) -> Membership:
+def add_member(actor: Actor, tenant: Tenant, user: AbstractBaseUser, role: str = Role.MEMBER) -> Membership:
     require_role(actor, tenant, Role.OWNER, "add members")
     role = _role(role)
     with transaction.atomic():
@@ -170,7 +175,7 @@ def add_member(actor, tenant: Tenant, user, role: str = Role.MEMBER) -> Membersh
     return membership
 
 
-def change_member_role(actor, membership: Membership, role: str) -> Membership:
+def change_member_role(actor: Actor, membership: Membership, role: str) -> Membership:
     tenant = membership.tenant
     require_role(actor, tenant, Role.OWNER, "change roles")
     role = _role(role)
@@ -194,7 +199,7 @@ def change_member_role(actor, membership: Membership, role: str) -> Membership:
     return membership
 
 
-def remove_member(actor, membership: Membership) -> None:
+def remove_member(actor: Actor, membership: Membership) -> None:
     tenant = membership.tenant
     if actor is None or actor.pk != membership.user_id:  # anyone may leave; owners remove others
         require_role(actor, tenant, Role.OWNER, "remove members")
@@ -233,7 +238,7 @@ def _check_tiers_exist(field: str, tier_gpus: dict) -> None:
 
 
 def set_quota(
-    actor,
+    actor: Actor,
     tenant: Tenant,
     *,
     gpus_total: int | None = None,
@@ -272,7 +277,7 @@ def _apply_limits(
 
 
 def request_quota(
-    actor,
+    actor: Actor,
     tenant: Tenant,
     *,
     reason: str,
@@ -307,7 +312,7 @@ def request_quota(
     return request
 
 
-def approve_quota_request(actor, request: QuotaRequest, note: str = "") -> QuotaRequest:
+def approve_quota_request(actor: Actor, request: QuotaRequest, note: str = "") -> QuotaRequest:
     """Approve and write the asked-for limits into the tenant's quota, in one transaction."""
     require_staff(actor, "approve quota requests")
     note = _bounded_text("note", note)
@@ -327,7 +332,7 @@ def approve_quota_request(actor, request: QuotaRequest, note: str = "") -> Quota
     return request
 
 
-def reject_quota_request(actor, request: QuotaRequest, note: str = "") -> QuotaRequest:
+def reject_quota_request(actor: Actor, request: QuotaRequest, note: str = "") -> QuotaRequest:
     require_staff(actor, "reject quota requests")
     note = _bounded_text("note", note)
     with transaction.atomic():
@@ -335,7 +340,7 @@ def reject_quota_request(actor, request: QuotaRequest, note: str = "") -> QuotaR
 
 
 def _decide_quota_request(
-    actor, request: QuotaRequest, status: QuotaRequestStatus, note: str
+    actor: Actor, request: QuotaRequest, status: QuotaRequestStatus, note: str
 ) -> QuotaRequest:
     request = QuotaRequest.objects.select_for_update().select_related("tenant").get(pk=request.pk)
     QuotaRequestStatus(request.status).check_transition(status)
@@ -411,7 +416,7 @@ def _admit(quota: Quota, others, tier: GpuTier, gpus: int, replicas: int, *, new
 # Catalog ------------------------------------------------------------------------------------
 
 
-def create_gpu_tier(actor, **fields: Any) -> GpuTier:
+def create_gpu_tier(actor: Actor, **fields: Any) -> GpuTier:
     require_staff(actor, "create GPU tiers")
     tier = GpuTier(**fields)
     _clean(tier)
@@ -421,7 +426,7 @@ def create_gpu_tier(actor, **fields: Any) -> GpuTier:
     return tier
 
 
-def create_runtime_image(actor, **fields: Any) -> RuntimeImage:
+def create_runtime_image(actor: Actor, **fields: Any) -> RuntimeImage:
     require_staff(actor, "add runtime images")
     image = RuntimeImage(**fields)
     _clean(image)
@@ -431,7 +436,7 @@ def create_runtime_image(actor, **fields: Any) -> RuntimeImage:
     return image
 
 
-def register_model(actor, **fields: Any) -> Model:
+def register_model(actor: Actor, **fields: Any) -> Model:
     """Add a model to the catalog as requested; it backs nothing until approved."""
     require_staff(actor, "add models")
     model = Model(**fields, status=ModelStatus.REQUESTED, requested_by=actor)
@@ -442,17 +447,17 @@ def register_model(actor, **fields: Any) -> Model:
     return model
 
 
-def approve_model(actor, model: Model, note: str = "") -> Model:
+def approve_model(actor: Actor, model: Model, note: str = "") -> Model:
     require_staff(actor, "approve models")
     return _decide_model(actor, model, ModelStatus.APPROVED, AuditVerb.MODEL_APPROVE, note)
 
 
-def reject_model(actor, model: Model, note: str = "") -> Model:
+def reject_model(actor: Actor, model: Model, note: str = "") -> Model:
     require_staff(actor, "reject models")
     return _decide_model(actor, model, ModelStatus.REJECTED, AuditVerb.MODEL_REJECT, note)
 
 
-def retire_model(actor, model: Model, note: str = "") -> Model:
+def retire_model(actor: Actor, model: Model, note: str = "") -> Model:
     """Stop new endpoints on MODEL and flag the live ones with a ModelRetired condition.
 
     Running endpoints keep serving: retiring is a decision for new work, and the tenant needs
@@ -475,7 +480,7 @@ def retire_model(actor, model: Model, note: str = "") -> Model:
     return model
 
 
-def _decide_model(actor, model: Model, status: ModelStatus, verb: str, note: str) -> Model:
+def _decide_model(actor: Actor, model: Model, status: ModelStatus, verb: str, note: str) -> Model:
     note = _bounded_text("note", note)
     with transaction.atomic():
         model = Model.objects.select_for_update().get(pk=model.pk)
@@ -490,7 +495,7 @@ def _decide_model(actor, model: Model, status: ModelStatus, verb: str, note: str
     return model
 
 
-def create_template(actor, *, allowed_tenants: Iterable[Tenant] = (), **fields: Any) -> Template:
+def create_template(actor: Actor, *, allowed_tenants: Iterable[Tenant] = (), **fields: Any) -> Template:
     """A template, only from an approved model and only if one replica holds a full-length
     sequence; otherwise refused with the numbers."""
     require_staff(actor, "create templates")
@@ -527,7 +532,7 @@ def check_template(template: Template) -> None:
         )
 
 
-def save_catalog_entry(actor, obj: GpuTier | RuntimeImage | Model | Template | Tenant) -> None:
+def save_catalog_entry(actor: Actor, obj: GpuTier | RuntimeImage | Model | Template | Tenant) -> None:
     """Save an edit made in the admin to a catalog row (or a tenant's name), audited. Status fields change only
     through the approve/reject/retire actions, and a template's serving fields never change
     (endpoints were admitted against them)."""
@@ -576,7 +581,7 @@ def _replica_range(template: Template, min_replicas: int | None, max_replicas: i
 
 
 def request_endpoint(
-    actor,
+    actor: Actor,
     *,
     tenant: Tenant,
     template: Template,
@@ -638,7 +643,7 @@ def request_endpoint(
 
 
 def scale_endpoint(
-    actor, endpoint: Endpoint, *, min_replicas: int | None = None, max_replicas: int | None = None
+    actor: Actor, endpoint: Endpoint, *, min_replicas: int | None = None, max_replicas: int | None = None
 ) -> Endpoint:
     """Change the replica range; a larger max is admitted against quota like a new request."""
     require_role(actor, endpoint.tenant, Role.MEMBER, "scale endpoints")
@@ -685,7 +690,7 @@ def scale_endpoint(
     return endpoint
 
 
-def delete_endpoint(actor, endpoint: Endpoint) -> Endpoint:
+def delete_endpoint(actor: Actor, endpoint: Endpoint) -> Endpoint:
     """Mark the endpoint Deleting and enqueue the teardown; asking twice is harmless."""
     require_role(actor, endpoint.tenant, Role.MEMBER, "delete endpoints")
     with transaction.atomic():
@@ -721,7 +726,7 @@ def transition_endpoint(
     new: str,
     reason: str = "",
     message: str = "",
-    actor=None,
+    actor: Actor = None,
 ) -> bool:
     """Move an endpoint from EXPECTED to NEW if it is still in EXPECTED (compare-and-set).
 
@@ -789,6 +794,34 @@ def set_endpoint_condition(
     return endpoint
 
 
+_KEEP: Any = object()
+
+
+def record_observation(
+    endpoint_id: int,
+    *,
+    url: str = _KEEP,
+    load_progress: int | None = _KEEP,
+    observed_generation: int = _KEEP,
+) -> None:
+    """Write what the workers saw of an endpoint: its URL once the route is accepted, how far the
+    weights have loaded (per cent; None when not loading), the generation they acted on. Fields
+    not given stay as they are. Observations, not decisions: no audit event, and phases change
+    only through transition_endpoint."""
+    changes: dict[str, Any] = {"updated": timezone.now()}
+    if url is not _KEEP:
+        if url and (len(url) > 300 or not url.startswith(("https://", "http://"))):
+            raise ValidationFailed.for_field("url", "must be an http(s) URL of at most 300 characters")
+        changes["url"] = url
+    if load_progress is not _KEEP:
+        if load_progress is not None and not 0 <= load_progress <= 100:
+            raise ValidationFailed.for_field("load_progress", "must be between 0 and 100")
+        changes["load_progress"] = load_progress
+    if observed_generation is not _KEEP:
+        changes["observed_generation"] = observed_generation
+    Endpoint.objects.filter(pk=endpoint_id).update(**changes)
+
+
 def record_running_replicas(endpoint_id: int, replicas: int, *, at: datetime | None = None) -> None:
     """Record how many replicas run now, for cost: close the open usage interval and open a new
     one when the count changed. Called by the workers when they observe pods; a measurement,
@@ -824,7 +857,9 @@ class IssuedToken:
     secret: str
 
 
-def issue_api_token(actor, user, *, name: str, expires_at: datetime | None = None) -> IssuedToken:
+def issue_api_token(
+    actor: Actor, user: AbstractBaseUser, *, name: str, expires_at: datetime | None = None
+) -> IssuedToken:
     if actor is not None and actor.pk != user.pk and not actor.is_staff:
         raise NotAllowed("you may issue tokens only for yourself")
     name = (name or "").strip()
@@ -844,7 +879,7 @@ def issue_api_token(actor, user, *, name: str, expires_at: datetime | None = Non
     return IssuedToken(token=token, secret=secret)
 
 
-def revoke_api_token(actor, token: ApiToken) -> ApiToken:
+def revoke_api_token(actor: Actor, token: ApiToken) -> ApiToken:
     if actor is not None and actor.pk != token.user_id and not actor.is_staff:
         raise NotAllowed("you may revoke only your own tokens")
     with transaction.atomic():

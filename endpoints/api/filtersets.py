@@ -7,8 +7,6 @@ from endpoints.models import Endpoint, Model, QuotaRequest, Template
 
 
 class EndpointFilterSet(filters.FilterSet):
-    """Without a phase filter, deleted endpoints are left out of lists."""
-
     tenant = filters.CharFilter(field_name="tenant__slug", help_text="Tenant slug")
     phase = filters.MultipleChoiceFilter(choices=EndpointPhase.choices)
     template = filters.CharFilter(field_name="template__name", help_text="Template name")
@@ -19,11 +17,6 @@ class EndpointFilterSet(filters.FilterSet):
     class Meta:
         model = Endpoint
         fields = ["tenant", "phase", "template", "tier", "name"]
-
-    def filter_queryset(self, queryset):
-        if not self.form.cleaned_data.get("phase"):
-            queryset = queryset.exclude(phase=EndpointPhase.DELETED)
-        return super().filter_queryset(queryset)
 
 
 class ModelFilterSet(filters.FilterSet):

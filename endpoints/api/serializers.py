@@ -9,7 +9,7 @@ from rest_framework import serializers
 
 from endpoints import capacity, naming
 from endpoints import validators as v
-from endpoints.choices import MODEL_VISIBLE_TO_TENANTS, Role
+from endpoints.choices import Role
 from endpoints.models import (
     ApiToken,
     Endpoint,
@@ -267,7 +267,7 @@ class TemplateChoiceField(serializers.SlugRelatedField):
         super().__init__(slug_field="name", queryset=Template.objects.none(), **kwargs)
 
     def get_queryset(self):
-        return Template.objects.for_user(_user(self)).filter(model__status__in=MODEL_VISIBLE_TO_TENANTS)
+        return Template.objects.for_user(_user(self))
 
 
 class EndpointSerializer(serializers.ModelSerializer):

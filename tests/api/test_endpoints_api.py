@@ -157,6 +157,9 @@ def test_the_list_filters_and_paginates_and_hides_deleted_endpoints(world, as_us
     page = alice.get(URL, {"limit": 1, "offset": 1}).json()
     assert (page["count"], [e["name"] for e in page["results"]]) == (3, ["a2"])
     assert page["next"] and page["previous"]
+    deleted = alice.get(f"{URL}{gone.pk}/")  # still there to read, with its timeline
+    assert deleted.status_code == 200 and deleted.json()["phase"] == "deleted"
+    assert alice.get(f"{URL}{gone.pk}/events/").json()["count"] == 3
     bad = alice.get(URL, {"phase": "sleeping"})
     assert bad.status_code == 400 and "phase" in error(bad)["fields"]
 

@@ -172,3 +172,20 @@ def test_accrued_cost_per_endpoint_and_per_tenant_comes_from_the_usage_history(t
     per_tenant = EndpointUsage.objects.filter(endpoint__tenant=tenant).accrued_cost(later)
     assert per_tenant.quantize(Decimal("0.01")) == Decimal("42.00")
     assert first.usage.count() == 2 and not first.usage.filter(ended_at__isnull=True).exists()
+
+
+def test_workers_record_what_they_observe_without_touching_the_rest(endpoint) -> None:
+    actions.record_observation(endpoint.pk, load_progress=40, observed_generation=1)
+    actions.record_observation(endpoint.pk, url="https://chat-acme.inference.localhost/v1")
+    endpoint.refresh_from_db()
+    assert (endpoint.load_progress, endpoint.observed_generation, endpoint.url) == (
+        40,
+        1,
+        "https://chat-acme.inference.localhost/v1",
+    )
+    from endpoints.exceptions import ValidationFailed
+
+    with pytest.raises(ValidationFailed, match="load_progress must be between 0 and 100"):
+        actions.record_observation(endpoint.pk, load_progress=101)
+    with pytest.raises(ValidationFailed, match="url must be an http"):
+        actions.record_observation(endpoint.pk, url="javascript:alert(1)")
