@@ -11,3 +11,7 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("", include("endpoints.urls")),
 ]
+
+# JSON errors under /api/; the usual pages everywhere else.
+handler404 = "endpoints.api.errors.not_found"
+handler500 = "endpoints.api.errors.server_error"

@@ -14,7 +14,8 @@ from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.http import Http404
+from django.http import Http404, JsonResponse
+from django.views import defaults
 from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import set_rollback
@@ -81,3 +82,23 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
         code = codes if isinstance(codes, str) else exc.default_code
         body = error_body(code, str(exc.detail))
     return Response(body, status=exc.status_code, headers=headers)
+
+
+def _api_path(request) -> bool:
+    return request.path.startswith("/api/")
+
+
+def not_found(request, exception=None):
+    """handler404: the JSON error shape under /api/, Django's page elsewhere."""
+    if _api_path(request):
+        return JsonResponse(error_body("not_found", f"no such resource: {request.path[:200]}"), status=404)
+    return defaults.page_not_found(request, exception)
+
+
+def server_error(request):
+    """handler500: the JSON error shape under /api/, Django's page elsewhere."""
+    if _api_path(request):
+        return JsonResponse(
+            error_body("server_error", "something went wrong on our side; it has been logged"), status=500
+        )
+    return defaults.server_error(request)

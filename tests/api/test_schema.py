@@ -51,3 +51,10 @@ def test_every_post_route_honours_idempotency_keys():
                     if not getattr(getattr(viewset, name), "idempotent", False):
                         missing.append(f"{prefix} {name}")
     assert missing == []
+
+
+def test_an_unknown_api_path_answers_in_the_same_error_shape(world, as_user):
+    response = as_user(world.bob).get("/api/v1/nothing-here/")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
+    assert as_user(world.bob).get("/not-an-api-page/").status_code == 404
