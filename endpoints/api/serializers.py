@@ -52,8 +52,25 @@ def bounded_text(max_length: int, **kwargs) -> serializers.CharField:
     return serializers.CharField(error_messages=_messages(kwargs), **kwargs)
 
 
-class PortalModelSerializer(serializers.ModelSerializer):
-    """A ModelSerializer whose generated fields use our error messages."""
+class PortalMessages:
+    """Error messages that read after the field name, for every field of a serializer."""
+
+    def get_fields(self):
+        fields = super().get_fields()
+        for field in fields.values():
+            field.error_messages.update(MESSAGES)
+            if isinstance(field, serializers.ChoiceField) and field.choices:
+                listed = ", ".join(str(choice) for choice in field.choices)
+                field.error_messages["invalid_choice"] = f'must be one of {listed} (got "{{input}}")'
+        return fields
+
+
+class PortalSerializer(PortalMessages, serializers.Serializer):
+    pass
+
+
+class PortalModelSerializer(PortalMessages, serializers.ModelSerializer):
+    """A ModelSerializer whose generated fields also say their limits."""
 
     def build_standard_field(self, field_name, model_field):
         field_class, kwargs = super().build_standard_field(field_name, model_field)
@@ -153,7 +170,7 @@ class ModelSerializer(PortalModelSerializer):
         read_only_fields = ["status", "decided_at", "decision_note", "created"]
 
 
-class DecisionSerializer(serializers.Serializer):
+class DecisionSerializer(PortalSerializer):
     note = bounded_text(v.MAX_TEXT, required=False, allow_blank=True, default="")
 
 
@@ -270,7 +287,7 @@ class TemplateChoiceField(serializers.SlugRelatedField):
         return Template.objects.for_user(_user(self))
 
 
-class EndpointSerializer(serializers.ModelSerializer):
+class EndpointSerializer(PortalModelSerializer):
     tenant = TenantChoiceField(required=False, help_text="Tenant slug; optional if you belong to one tenant")
     template = TemplateChoiceField()
     name = serializers.CharField(
@@ -335,7 +352,7 @@ class EndpointSerializer(serializers.ModelSerializer):
         return {**endpoint.forecast().as_dict(), "accrued": capacity.money(endpoint.accrued_cost())}
 
 
-class ScaleSerializer(serializers.Serializer):
+class ScaleSerializer(PortalSerializer):
     min_replicas = bounded_int(0, v.MAX_REPLICAS, required=False)
     max_replicas = bounded_int(1, v.MAX_REPLICAS, required=False)
 
@@ -345,7 +362,7 @@ class ScaleSerializer(serializers.Serializer):
         return attrs
 
 
-class EndpointEventSerializer(serializers.ModelSerializer):
+class EndpointEventSerializer(PortalModelSerializer):
     class Meta:
         model = EndpointEvent
         fields = ["id", "type", "reason", "message", "created"]
@@ -374,7 +391,7 @@ class TenantSerializer(PortalModelSerializer):
         return capacity.money(EndpointUsage.objects.filter(endpoint__tenant=tenant).accrued_cost())
 
 
-class MembershipSerializer(serializers.ModelSerializer):
+class MembershipSerializer(PortalModelSerializer):
     username = serializers.SlugRelatedField(
         source="user",
         slug_field="username",
@@ -389,11 +406,11 @@ class MembershipSerializer(serializers.ModelSerializer):
         validators: list = []  # add_member says "already a member" itself
 
 
-class MembershipRoleSerializer(serializers.Serializer):
+class MembershipRoleSerializer(PortalSerializer):
     role = serializers.ChoiceField(choices=Role.choices)
 
 
-class QuotaSerializer(serializers.ModelSerializer):
+class QuotaSerializer(PortalModelSerializer):
     tenant = serializers.SlugRelatedField(slug_field="slug", read_only=True)
     usage = serializers.SerializerMethodField()
 
@@ -442,7 +459,7 @@ class QuotaRequestSerializer(PortalModelSerializer):
 # Tokens -------------------------------------------------------------------------------------
 
 
-class ApiTokenSerializer(serializers.ModelSerializer):
+class ApiTokenSerializer(PortalModelSerializer):
     prefix = serializers.CharField(source="display_prefix", read_only=True)
     name = bounded_text(64)
     expires_at = serializers.DateTimeField(required=False, allow_null=True)

@@ -149,7 +149,7 @@ def test_tenants_cannot_add_or_decide_on_models(world, as_user):
         ({"revision": "main"}, "revision", "must be a fixed revision, not the moving name 'main'"),
         ({"source": "ftp://x/y"}, "source", "must start with hf://, s3:// or pvc://"),
         ({"num_kv_heads": 0}, "num_kv_heads", "must be between 1 and 256"),
-        ({"dtype": "fp4"}, "dtype", '"fp4" is not a valid choice.'),
+        ({"dtype": "fp4"}, "dtype", 'must be one of bf16, fp16, fp8, int8, awq, gptq, int4 (got "fp4")'),
         ({"licence": "x" * 65}, "licence", "must be at most 64 characters"),
     ],
 )

@@ -61,10 +61,13 @@ def test_another_tenants_endpoint_answers_404_everywhere(world, as_user):
         ({"max_replicas": 9}, "max_replicas", "must be between 1 and 8 for template llama-h100 (got 9)"),
         ({"template": "secret-h100"}, "template", "names no template available to you: secret-h100"),
         ({"tenant": "globex"}, "tenant", "names no tenant of yours: globex"),
+        ({"template": None}, "template", "must not be null"),
     ],
 )
 def test_bad_input_names_the_field_and_the_limit(world, as_user, payload, field, message):
-    response = as_user(world.bob).post(URL, {"name": "ok", "template": "llama-h100", **payload})
+    response = as_user(world.bob).post(
+        URL, {"name": "ok", "template": "llama-h100", **payload}, format="json"
+    )
     assert response.status_code == 400
     body = error(response)
     assert body["code"] == "invalid"
