@@ -7,7 +7,8 @@ serializers, the admin, commands and workers call these; none of them saves doma
 ``actor`` is the person acting, or None for the system (workers, management commands).
 
 Lock order, to keep concurrent actions free of deadlocks: a tenant's Quota row, then a Model
-row, then Endpoint rows. Quota admission holds the Quota row lock (SELECT ... FOR UPDATE) while
+row, then Endpoint rows. Locks joined with select_related take ``of=("self",)`` so the joined
+rows (a tenant, a template) are not locked too. Quota admission holds the Quota row lock (SELECT ... FOR UPDATE) while
 it sums the tenant's live endpoints and inserts the new one, so concurrent requests for the same
 tenant are admitted one after another against an up-to-date sum.
 """
@@ -342,7 +343,7 @@ def reject_quota_request(actor: Actor, request: QuotaRequest, note: str = "") ->
 def _decide_quota_request(
     actor: Actor, request: QuotaRequest, status: QuotaRequestStatus, note: str
 ) -> QuotaRequest:
-    request = QuotaRequest.objects.select_for_update().select_related("tenant").get(pk=request.pk)
+    request = QuotaRequest.objects.select_for_update(of=("self",)).select_related("tenant").get(pk=request.pk)
     QuotaRequestStatus(request.status).check_transition(status)
     before = snapshot(request)
     request.status = status
@@ -592,7 +593,7 @@ def request_endpoint(
     """Admit a new endpoint within the tenant's quota and enqueue its deployment."""
     require_role(actor, tenant, Role.MEMBER, "request endpoints")
     with transaction.atomic():
-        quota = Quota.objects.select_for_update().select_related("tenant").get(tenant=tenant)
+        quota = Quota.objects.select_for_update(of=("self",)).select_related("tenant").get(tenant=tenant)
         template = Template.objects.select_related("tier", "image").get(pk=template.pk)
         # So that a concurrent retire_model either sees this endpoint (and flags it) or commits
         # before we read the status.
@@ -648,7 +649,11 @@ def scale_endpoint(
     """Change the replica range; a larger max is admitted against quota like a new request."""
     require_role(actor, endpoint.tenant, Role.MEMBER, "scale endpoints")
     with transaction.atomic():
-        quota = Quota.objects.select_for_update().select_related("tenant").get(tenant_id=endpoint.tenant_id)
+        quota = (
+            Quota.objects.select_for_update(of=("self",))
+            .select_related("tenant")
+            .get(tenant_id=endpoint.tenant_id)
+        )
         endpoint = Endpoint.objects.select_for_update().get(pk=endpoint.pk)
         template = Template.objects.select_related("tier").get(pk=endpoint.template_id)
         if endpoint.phase in (EndpointPhase.DELETING, EndpointPhase.DELETED):
@@ -694,7 +699,9 @@ def delete_endpoint(actor: Actor, endpoint: Endpoint) -> Endpoint:
     """Mark the endpoint Deleting and enqueue the teardown; asking twice is harmless."""
     require_role(actor, endpoint.tenant, Role.MEMBER, "delete endpoints")
     with transaction.atomic():
-        endpoint = Endpoint.objects.select_for_update().select_related("tenant").get(pk=endpoint.pk)
+        endpoint = (
+            Endpoint.objects.select_for_update(of=("self",)).select_related("tenant").get(pk=endpoint.pk)
+        )
         if endpoint.phase in (EndpointPhase.DELETING, EndpointPhase.DELETED):
             return endpoint
         EndpointPhase(endpoint.phase).check_transition(EndpointPhase.DELETING)
@@ -828,7 +835,11 @@ def record_running_replicas(endpoint_id: int, replicas: int, *, at: datetime | N
     so it leaves no audit event (the usage rows are the record)."""
     at = at or timezone.now()
     with transaction.atomic():
-        endpoint = Endpoint.objects.select_for_update().select_related("template__tier").get(pk=endpoint_id)
+        endpoint = (
+            Endpoint.objects.select_for_update(of=("self",))
+            .select_related("template__tier")
+            .get(pk=endpoint_id)
+        )
         open_interval = endpoint.usage.filter(ended_at__isnull=True).first()
         if open_interval is not None:
             if open_interval.replicas == replicas:
