@@ -14,6 +14,7 @@ from endpoints.models import (
     ApiToken,
     Endpoint,
     EndpointEvent,
+    EndpointUsage,
     GpuTier,
     Membership,
     Model,
@@ -386,8 +387,6 @@ class TenantSerializer(PortalModelSerializer):
 
     @extend_schema_field(serializers.DecimalField(max_digits=14, decimal_places=2))
     def get_accrued_cost(self, tenant: Tenant) -> str:
-        from endpoints.models import EndpointUsage
-
         return capacity.money(EndpointUsage.objects.filter(endpoint__tenant=tenant).accrued_cost())
 
 

@@ -1,7 +1,11 @@
 from __future__ import annotations
 
-import pytest
+from datetime import timedelta
 
+import pytest
+from django.utils import timezone
+
+from endpoints import actions
 from endpoints.models import Membership, Quota, Tenant
 from tests.api.conftest import error
 from tests.factories import make_user
@@ -104,3 +108,18 @@ def test_bad_member_input_names_the_field(world, as_user, payload, field, messag
     assert response.status_code == 400
     assert error(response)["fields"][field] == [message]
     assert Tenant.objects.get(slug="acme").memberships.count() == 4
+
+
+def test_a_tenant_shows_what_its_endpoints_have_cost_so_far(world, as_user):
+    now = timezone.now()
+    actions.record_running_replicas(world.acme_endpoint.pk, 2, at=now - timedelta(hours=2))
+    actions.record_running_replicas(world.acme_endpoint.pk, 0, at=now)
+    actions.record_running_replicas(world.globex_endpoint.pk, 1, at=now - timedelta(hours=1))
+    actions.record_running_replicas(world.globex_endpoint.pk, 0, at=now)
+    # 2 h × 2 replicas × 1 GPU × 4.00 = 16.00 for acme; globex's 4.00 is not acme's
+    assert as_user(world.bob).get("/api/v1/tenants/acme/").json()["accrued_cost"] == "16.00"
+    assert (
+        as_user(world.bob).get(f"/api/v1/endpoints/{world.acme_endpoint.pk}/").json()["cost"]["accrued"]
+        == "16.00"
+    )
+    assert as_user(world.grace).get("/api/v1/tenants/globex/").json()["accrued_cost"] == "4.00"
