@@ -30,6 +30,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -63,6 +64,7 @@ class TenantWorker(threading.Thread):
         self.wake = threading.Event()
         self.uninstall = threading.Event()
         self.done = threading.Event()
+        self.attempted = threading.Event()  # one pass done, whatever its outcome
         self.ready = False
         self.api: client.ApiClient | None = None
         self.config: dict = {}
@@ -86,6 +88,7 @@ class TenantWorker(threading.Thread):
                     with contextlib.suppress(Exception):
                         self.mark("Failed", str(exc)[:1000])
                 delay, backoff = backoff, min(backoff * 2, 30.0)
+            self.attempted.set()
             self.wake.wait(delay)
             self.wake.clear()
         self.done.set()
@@ -113,19 +116,32 @@ class TenantWorker(threading.Thread):
             ).items
             if not any(p.status.phase == "Running" for p in pods):
                 self.mark("Starting", "waiting for the host to run the vCluster control-plane pod")
-                return 1.0
+                return 0.25
             self.mark("Starting", "starting the tenant control plane")
             plane = tenants.plane(self.cfg, t, tenants.tenant_port(self.cfg, t))
+            started = time.monotonic()
             tenants.ensure_control_plane(self.cfg, procs, plane, self.emu.crds)
-            log.info("tenant cluster %s: control plane up at %s", t.key, plane.server)
+            log.info(
+                "tenant cluster %s: control plane up at %s in %.1fs",
+                t.key,
+                plane.server,
+                time.monotonic() - started,
+            )
         if self.api is None:
             self.api = config.new_client_from_config(config_file=str(plane.admin_kubeconfig))
+        started = time.monotonic()
         self.import_gateways()
+        imported = time.monotonic()
         self.write_kubeconfig_secrets(plane)
         self.release_pods()
         self.mark("Ready", "", plane.server)
         if not self.ready:
-            log.info("tenant cluster %s: ready", t.key)
+            log.info(
+                "tenant cluster %s: ready (Gateway import %.1fs, kubeconfig Secret %.1fs)",
+                t.key,
+                imported - started,
+                time.monotonic() - imported,
+            )
         self.ready = True
         return self.RESYNC_SECONDS
 
@@ -403,7 +419,8 @@ class Emulator:
                         log.info("tenant cluster %s: its vCluster was uninstalled", key)
                         worker.uninstall.set()
                         worker.wake.set()
-                if first:
+                # `platformctl up` returns once the tenant clusters found at start have had a pass.
+                if first and all(w.attempted.is_set() or w.done.is_set() for w in self.workers.values()):
                     marker = tenants.emulator_marker(self.cfg)
                     marker.parent.mkdir(parents=True, exist_ok=True)
                     marker.write_text(str(os.getpid()))

@@ -7,7 +7,7 @@ import shutil
 import sys
 import time
 
-from . import cluster, monitoring, services, tenants
+from . import cluster, monitoring, services, serving, tenants
 from . import tiers as tiers_mod
 from .config import Config
 from .errors import PlatformError
@@ -35,6 +35,7 @@ def write_env(cfg: Config, plane: cluster.ControlPlane) -> None:
         "PORTAL_HELM_BIN": str(cfg.helm_bin),
         "PORTAL_VCLUSTER_CHART": str(tenants.chart_dir(cfg)),
         "PORTAL_GATEWAY_DOMAIN": cfg.gateway_domain,
+        "PORTAL_GATEWAY_URL": cfg.gateway_url(),
         "PORTAL_SECRET_KEY": services.local_secret(cfg, "portal-secret-key"),
     }
     cfg.env_file.write_text("".join(f"export {k}='{v}'\n" for k, v in lines.items()))
@@ -63,6 +64,8 @@ def up(cfg: Config) -> None:
     crds = cluster.gateway_api_crds(cfg)
     step("Gateway API", lambda: cluster.ensure_gateway(cfg, procs, plane, crds))
     step("tenant clusters (vCluster)", lambda: tenants.ensure_emulator(cfg, procs))
+    step("serving emulator (vLLM pods)", lambda: serving.ensure_supervisor(cfg, procs))
+    step("gateway data plane", lambda: serving.ensure_gateway(cfg, procs))
     write_env(cfg, plane)
     print(f"platform up in {time.monotonic() - started:.1f}s")
     print(f"environment: {cfg.env_file}")
@@ -80,8 +83,8 @@ def down(cfg: Config, purge: bool) -> None:
     names = sorted(p.stem for p in cfg.run.glob("*.pid")) if cfg.run.exists() else []
     order = [n for n in names if n not in HOST_COMPONENTS + ["redis", "postgres", "prometheus"]]
     order += [n for n in reversed(HOST_COMPONENTS) if n in names]
-    # The vCluster emulator first: it would restart the tenant clusters' processes as they stop.
-    order.sort(key=lambda n: n != tenants.EMULATOR)
+    for name in tenants.stop_tenant_clusters(procs):
+        print(f"  stopped {name}")
     for name in order:
         if procs.stop(name):
             print(f"  stopped {name}")

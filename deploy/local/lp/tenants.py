@@ -243,13 +243,27 @@ def ensure_control_plane(
 ) -> None:
     """Start whatever of the tenant's control plane is not running, and its Gateway API CRDs. Idempotent."""
     cluster.ensure_pki(tenant_plane)
-    cluster.ensure_apiserver(cfg, procs, tenant_plane, "PORTAL_TENANT_PORTS")
+    try:
+        cluster.ensure_apiserver(cfg, procs, tenant_plane, "PORTAL_TENANT_PORTS")
+    except PlatformError:
+        # An API server told to stop while its clients still watch can linger without listening;
+        # left alone it would fail every retry. Stop it for good (SIGKILL after a grace period).
+        if not apiserver_answers(tenant_plane):
+            procs.stop(tenant_plane.proc("apiserver"))
+        raise
     cluster.ensure_controllers(cfg, procs, tenant_plane)
     cluster.ensure_kwok(cfg, procs, tenant_plane)
     cluster.apply(cfg, tenant_plane, crds + cluster.GATEWAY_RBAC)
     names = [f"crd/{c['metadata']['name']}" for c in crds]
     cluster.kubectl(cfg, tenant_plane, "wait", "--for=condition=Established", "--timeout=60s", *names)
     cluster.ensure_gateway_emulator(procs, tenant_plane)
+
+
+def apiserver_answers(tenant_plane: cluster.ControlPlane) -> bool:
+    try:
+        return cluster._apiserver_ready(tenant_plane)
+    except Exception:  # noqa: BLE001 - refused, reset, timed out: it does not answer
+        return False
 
 
 def stop_control_plane(procs: Procs, tenant_plane: cluster.ControlPlane) -> list[str]:
@@ -433,4 +447,22 @@ def ensure_emulator(cfg: Config, procs: Procs) -> None:
     def synced() -> bool:
         return marker.exists() and marker.read_text().strip() == str(procs.pid(EMULATOR))
 
-    procs.wait(EMULATOR, synced, 60, "looking at the host for installed vClusters")
+    procs.wait(EMULATOR, synced, 240, "bringing up the tenant clusters installed in the host")
+
+
+def stop_tenant_clusters(procs: Procs) -> list[str]:
+    """Stop the emulator, then every tenant cluster's processes, each API server after its clients.
+
+    The emulator goes first or it would restart what is being stopped; an API server stopped while
+    its clients still watch lingers until it is killed.
+    """
+    stopped = [EMULATOR] if procs.stop(EMULATOR) else []
+    names = sorted(p.stem for p in procs.run_dir.glob("vc-*.pid"))
+
+    def rank(name: str) -> int:
+        return next((i for i, c in enumerate(COMPONENTS) if name.endswith(f"-{c}")), -1)
+
+    for name in sorted(names, key=rank):
+        if procs.stop(name):
+            stopped.append(name)
+    return stopped
