@@ -26,6 +26,7 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, connection, transaction
 from django.db import models as dj
+from django.db.models import F
 from django.urls import reverse
 from django.utils import timezone
 
@@ -47,6 +48,7 @@ from .models import (
     AuditEvent,
     Endpoint,
     EndpointEvent,
+    EndpointKey,
     EndpointUsage,
     GpuTier,
     Membership,
@@ -902,3 +904,104 @@ def revoke_api_token(actor: Actor, token: ApiToken) -> ApiToken:
         token.save(update_fields=["revoked_at"])
         audit(actor, AuditVerb.TOKEN_REVOKE, token, before=before, after=snapshot(token))
     return token
+
+
+# Endpoint keys ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IssuedEndpointKey:
+    """A new endpoint key and its raw value. The raw value exists only here: show it once."""
+
+    key: EndpointKey
+    raw: str
+
+
+MAX_KEYS_PER_ENDPOINT = 20
+
+
+def create_endpoint_key(actor: Actor, endpoint: Endpoint, *, name: str) -> IssuedEndpointKey:
+    """A key for calling ENDPOINT. The workers put only its hash into the endpoint's auth Secret."""
+    require_role(actor, endpoint.tenant, Role.MEMBER, "create endpoint keys")
+    name = (name or "").strip()
+    if not name:
+        raise ValidationFailed.for_field("name", "is required: say what the key is for")
+    if len(name) > 64:
+        raise ValidationFailed.for_field("name", f"must be at most 64 characters (got {len(name)})")
+    if not EndpointPhase(endpoint.phase).is_live:
+        raise ValidationFailed.for_field("endpoint", f"is {endpoint.phase}; keys are for live endpoints")
+    with transaction.atomic():
+        locked = Endpoint.objects.select_for_update().get(pk=endpoint.pk)
+        active = EndpointKey.objects.filter(endpoint=locked).active().count()
+        if active >= MAX_KEYS_PER_ENDPOINT:
+            raise ValidationFailed.for_field(
+                "name",
+                f"this endpoint already has {active} active keys (at most {MAX_KEYS_PER_ENDPOINT}); revoke one first",
+            )
+        prefix, raw = EndpointKey.generate()
+        key = EndpointKey.objects.create(
+            endpoint=locked,
+            name=name,
+            prefix=prefix,
+            key_hash=EndpointKey.hash(raw),
+            created_by=actor if actor is not None and actor.is_authenticated else None,
+        )
+        _bump_and_redeploy(locked)
+        audit(actor, AuditVerb.ENDPOINT_KEY_CREATE, key, tenant=locked.tenant, after=snapshot(key))
+    return IssuedEndpointKey(key=key, raw=raw)
+
+
+def revoke_endpoint_key(actor: Actor, key: EndpointKey) -> EndpointKey:
+    require_role(actor, key.endpoint.tenant, Role.MEMBER, "revoke endpoint keys")
+    with transaction.atomic():
+        locked = EndpointKey.objects.select_for_update().select_related("endpoint__tenant").get(pk=key.pk)
+        if locked.revoked_at is not None:
+            return locked
+        before = snapshot(locked)
+        locked.revoked_at = timezone.now()
+        locked.save(update_fields=["revoked_at"])
+        endpoint = Endpoint.objects.select_for_update().get(pk=locked.endpoint_id)
+        if EndpointPhase(endpoint.phase).is_live:
+            _bump_and_redeploy(endpoint)
+        audit(
+            actor,
+            AuditVerb.ENDPOINT_KEY_REVOKE,
+            locked,
+            tenant=locked.endpoint.tenant,
+            before=before,
+            after=snapshot(locked),
+        )
+    return locked
+
+
+def _bump_and_redeploy(endpoint: Endpoint) -> None:
+    """The endpoint's desired objects changed (keys): a new generation, and a deploy after commit."""
+    Endpoint.objects.filter(pk=endpoint.pk).update(generation=F("generation") + 1, updated=timezone.now())
+    if endpoint.phase not in (EndpointPhase.DELETING, EndpointPhase.DELETED, EndpointPhase.FAILED):
+        dispatch.enqueue_deploy(endpoint.pk)
+
+
+def redeploy_endpoint(actor: Actor, endpoint: Endpoint) -> Endpoint:
+    """Try a failed endpoint again: back to Requested, and a deploy after commit."""
+    require_role(actor, endpoint.tenant, Role.MEMBER, "redeploy endpoints")
+    with transaction.atomic():
+        locked = Endpoint.objects.select_for_update().get(pk=endpoint.pk)
+        EndpointPhase(locked.phase).check_transition(EndpointPhase.REQUESTED)
+        before = snapshot(locked)
+        locked.phase = EndpointPhase.REQUESTED
+        locked.phase_reason = "RedeployRequested"
+        locked.phase_message = "Trying again."
+        locked.phase_changed_at = timezone.now()
+        locked.generation += 1
+        locked.save()
+        _event(locked, "RedeployRequested", "Redeploy requested.")
+        audit(
+            actor,
+            AuditVerb.ENDPOINT_REDEPLOY,
+            locked,
+            tenant=locked.tenant,
+            before=before,
+            after=snapshot(locked),
+        )
+        dispatch.enqueue_deploy(locked.pk)
+    return locked

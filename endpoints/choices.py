@@ -184,17 +184,58 @@ LIVE_PHASES = ACTIVE_PHASES | frozenset({_P.FAILED, _P.DELETING})
 PHASE_TRANSITIONS: dict[str, frozenset[str]] = {
     _P.REQUESTED: frozenset({_P.PROVISIONING_TENANT, _P.SCHEDULING, _P.FAILED, _P.DELETING}),
     _P.PROVISIONING_TENANT: frozenset({_P.SCHEDULING, _P.FAILED, _P.DELETING}),
-    _P.SCHEDULING: frozenset({_P.PULLING, _P.DOWNLOADING_WEIGHTS, _P.LOADING_MODEL, _P.FAILED, _P.DELETING}),
-    _P.PULLING: frozenset({_P.SCHEDULING, _P.DOWNLOADING_WEIGHTS, _P.LOADING_MODEL, _P.FAILED, _P.DELETING}),
-    _P.DOWNLOADING_WEIGHTS: frozenset({_P.SCHEDULING, _P.LOADING_MODEL, _P.FAILED, _P.DELETING}),
-    _P.LOADING_MODEL: frozenset({_P.SCHEDULING, _P.VERIFYING, _P.READY, _P.FAILED, _P.DELETING}),
-    _P.VERIFYING: frozenset({_P.SCHEDULING, _P.LOADING_MODEL, _P.READY, _P.FAILED, _P.DELETING}),
-    _P.READY: frozenset({_P.DEGRADED, _P.SCHEDULING, _P.FAILED, _P.DELETING}),
-    _P.DEGRADED: frozenset({_P.READY, _P.SCHEDULING, _P.FAILED, _P.DELETING}),
-    _P.FAILED: frozenset({_P.REQUESTED, _P.DELETING}),
+    # The watcher reports what it sees; a fast stage can pass between two of its looks, so the
+    # starting phases may skip forward (never back past Scheduling, which means "start over").
+    _P.SCHEDULING: frozenset(
+        {
+            _P.PULLING,
+            _P.DOWNLOADING_WEIGHTS,
+            _P.LOADING_MODEL,
+            _P.VERIFYING,
+            _P.READY,
+            _P.DEGRADED,
+            _P.FAILED,
+            _P.DELETING,
+        }
+    ),
+    _P.PULLING: frozenset(
+        {
+            _P.SCHEDULING,
+            _P.DOWNLOADING_WEIGHTS,
+            _P.LOADING_MODEL,
+            _P.VERIFYING,
+            _P.READY,
+            _P.DEGRADED,
+            _P.FAILED,
+            _P.DELETING,
+        }
+    ),
+    _P.DOWNLOADING_WEIGHTS: frozenset(
+        {_P.SCHEDULING, _P.LOADING_MODEL, _P.VERIFYING, _P.READY, _P.DEGRADED, _P.FAILED, _P.DELETING}
+    ),
+    _P.LOADING_MODEL: frozenset({_P.SCHEDULING, _P.VERIFYING, _P.READY, _P.DEGRADED, _P.FAILED, _P.DELETING}),
+    _P.VERIFYING: frozenset({_P.SCHEDULING, _P.LOADING_MODEL, _P.READY, _P.DEGRADED, _P.FAILED, _P.DELETING}),
+    _P.READY: frozenset({_P.DEGRADED, _P.VERIFYING, _P.SCHEDULING, _P.FAILED, _P.DELETING}),
+    _P.DEGRADED: frozenset({_P.READY, _P.VERIFYING, _P.SCHEDULING, _P.FAILED, _P.DELETING}),
+    # A failure the watcher saw can clear by itself (a crash-looping pod that recovers), and a
+    # person can ask for a redeploy (back to Requested).
+    _P.FAILED: frozenset(
+        {_P.REQUESTED, _P.SCHEDULING, _P.LOADING_MODEL, _P.VERIFYING, _P.READY, _P.DELETING}
+    ),
     _P.DELETING: frozenset({_P.DELETED}),
     _P.DELETED: frozenset(),
 }
+
+
+class TenantClusterPhase(models.TextChoices):
+    """Where a tenant's vCluster is. INSTALLING is also the claim a worker holds while it installs."""
+
+    PENDING = "pending", "Pending"
+    INSTALLING = "installing", "Installing"
+    READY = "ready", "Ready"
+    FAILED = "failed", "Failed"
+    DELETING = "deleting", "Deleting"
+    DELETED = "deleted", "Deleted"
 
 
 class ConditionType(models.TextChoices):
@@ -245,3 +286,6 @@ class AuditVerb(models.TextChoices):
     ENDPOINT_PHASE = "endpoint.phase"
     TOKEN_ISSUE = "token.issue"  # noqa: S105 (an audit verb, not a secret)
     TOKEN_REVOKE = "token.revoke"  # noqa: S105
+    ENDPOINT_KEY_CREATE = "endpoint_key.create"
+    ENDPOINT_KEY_REVOKE = "endpoint_key.revoke"
+    ENDPOINT_REDEPLOY = "endpoint.redeploy"

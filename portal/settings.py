@@ -134,6 +134,38 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 KUBECONFIG = env_str("KUBECONFIG", "")
 PROMETHEUS_URL = env_str("PROMETHEUS_URL", "")
 
+# Tenant clusters: the vCluster chart (a directory or an OCI/repo reference helm understands),
+# installed as release <tenant> into host namespace t-<tenant>.
+PORTAL_VCLUSTER_CHART = env_str("PORTAL_VCLUSTER_CHART", "")
+PORTAL_VCLUSTER_CHART_VERSION = env_str("PORTAL_VCLUSTER_CHART_VERSION", "")
+PORTAL_HELM_BIN = env_str("PORTAL_HELM_BIN", "helm")
+# The ClusterRole the worker binds to itself in each tenant namespace it creates (deploy/helm RBAC);
+# empty where the worker's identity already holds those rights (the local platform's admin).
+PORTAL_TENANT_CLUSTERROLE = env_str("PORTAL_TENANT_CLUSTERROLE", "")
+PORTAL_NAMESPACE = env_str("PORTAL_NAMESPACE", "")
+PORTAL_SERVICE_ACCOUNT = env_str("PORTAL_SERVICE_ACCOUNT", "")
+PORTAL_TENANT_CLUSTER_TIMEOUT = env_int("PORTAL_TENANT_CLUSTER_TIMEOUT", 300, minimum=10)
+
+# The shared Gateway that endpoint routes attach to, and the domain their hostnames live under.
+PORTAL_GATEWAY_NAME = env_str("PORTAL_GATEWAY_NAME", "shared-inference")
+PORTAL_GATEWAY_NAMESPACE = env_str("PORTAL_GATEWAY_NAMESPACE", "shared-gateways")
+PORTAL_GATEWAY_DOMAIN = env_str("PORTAL_GATEWAY_DOMAIN", "inference.localhost")
+# Where clients reach the gateway; an endpoint's URL is built from it (scheme, optional port).
+PORTAL_GATEWAY_URL = env_str("PORTAL_GATEWAY_URL", "https://{host}")
+PORTAL_GATEWAY_CONTROLLER = env_str("PORTAL_GATEWAY_CONTROLLER", "")
+
+# The local platform plays GPU pods with KWOK and the vLLM emulator; these annotations tell it how.
+PORTAL_EMULATE = env_bool("PORTAL_EMULATE", False)
+PORTAL_EMULATED_LOAD_SECONDS = env_int("PORTAL_EMULATED_LOAD_SECONDS", 5, minimum=0, maximum=3600)
+
+# Reconcile (Celery beat) period, and how long lost work waits before it is picked up again.
+PORTAL_RECONCILE_SECONDS = env_int("PORTAL_RECONCILE_SECONDS", 30, minimum=5)
+PORTAL_LOST_WORK_SECONDS = env_int("PORTAL_LOST_WORK_SECONDS", 60, minimum=5)
+
+CELERY_BEAT_SCHEDULE = {
+    "reconcile": {"task": "workers.tasks.reconcile", "schedule": float(PORTAL_RECONCILE_SECONDS)},
+}
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -31,6 +31,16 @@ MODEL_SOURCE = re.compile(
 )
 
 MANAGED_BY = "inference-portal"
+# What an endpoint owns besides its Deployment, for removal of leftovers.
+COMPANION_KINDS = [
+    ("v1", "Service"),
+    ("gateway.networking.k8s.io/v1", "HTTPRoute"),
+    ("autoscaling/v2", "HorizontalPodAutoscaler"),
+    ("policy/v1", "PodDisruptionBudget"),
+    ("networking.k8s.io/v1", "NetworkPolicy"),
+    ("v1", "Secret"),
+    ("v1", "ServiceAccount"),
+]
 
 
 class ManifestError(ValueError):
@@ -247,14 +257,47 @@ def _render(template: str, **values: Any) -> list[dict]:
     return docs
 
 
-def render_namespace(tenant: str, namespace: str) -> dict:
+def render_namespace(tenant: str, namespace: str, *, host: bool = False) -> dict:
+    """The tenant's namespace: in its tenant cluster (holding endpoints) or in the host (holding
+    the vCluster, and the HTTPRoutes vCluster syncs out, hence route access in both)."""
     _check(
         bool(DNS_LABEL.match(namespace)) and len(namespace) <= 63,
         f"namespace {namespace!r} is not a DNS label",
     )
     _check(bool(DNS_LABEL.match(tenant)), f"tenant {tenant!r} is not a DNS label")
-    (doc,) = _render("namespace.yaml.j2", namespace=namespace, tenant=tenant)
+    (doc,) = _render("namespace.yaml.j2", namespace=namespace, tenant=tenant, host=host)
     return doc
+
+
+def render_role_binding(namespace: str, cluster_role: str, service_account: str, sa_namespace: str) -> dict:
+    """Bind the worker's tenant-namespace ClusterRole to itself inside a tenant's host namespace."""
+    for value in (namespace, service_account, sa_namespace):
+        _check(bool(DNS_LABEL.match(value)), f"{value!r} is not a DNS label")
+    _check(
+        bool(re.fullmatch(r"[a-z0-9]([-a-z0-9.:]*[a-z0-9])?", cluster_role)),
+        f"{cluster_role!r} is not a role name",
+    )
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {
+            "name": "inference-portal-worker",
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/managed-by": MANAGED_BY},
+        },
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": cluster_role},
+        "subjects": [{"kind": "ServiceAccount", "name": service_account, "namespace": sa_namespace}],
+    }
+
+
+def render_vcluster_values(**values: Any) -> dict:
+    """The vCluster chart's values (a mapping, not Kubernetes objects)."""
+    for pool in values["pools"]:
+        _check(bool(DNS_LABEL.match(pool["name"])), f"pool name {pool['name']!r} is not a DNS label")
+    text = _environment().get_template("vcluster-values.yaml.j2").render(**values)
+    data = yaml.safe_load(text)
+    _check(isinstance(data, dict) and "controlPlane" in data, "vcluster values did not render to a mapping")
+    return data
 
 
 def render_endpoint(spec: EndpointSpec) -> list[dict]:
@@ -268,3 +311,36 @@ def render_endpoint(spec: EndpointSpec) -> list[dict]:
             "an object lost its labels",
         )
     return docs
+
+
+def subset(desired: Any, live: Any, ignore: tuple[str, ...] = ()) -> bool:
+    """Whether every field we set in DESIRED has the same value in LIVE (which has more: defaults,
+    status, other managers' fields). Secrets are compared on `data` (the API server turns
+    `stringData` into base64 `data`)."""
+    if isinstance(desired, dict):
+        if not isinstance(live, dict):
+            return False
+        for key, value in desired.items():
+            if key in ignore:
+                continue
+            if key == "stringData":
+                import base64
+
+                data = live.get("data") or {}
+                if any(base64.b64decode(data.get(k, "")).decode() != v for k, v in value.items()):
+                    return False
+                continue
+            if key not in live or not subset(value, live[key], ignore):
+                return False
+        return True
+    if isinstance(desired, list):
+        return (
+            isinstance(live, list)
+            and len(desired) == len(live)
+            and all(subset(d, li, ignore) for d, li in zip(desired, live, strict=True))
+        )
+    if isinstance(desired, bool) or isinstance(live, bool):
+        return desired == live
+    if isinstance(desired, int | float) and isinstance(live, int | float):
+        return desired == live
+    return str(desired) == str(live)

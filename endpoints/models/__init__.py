@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .catalog import GpuTier, Model, RuntimeImage, Template
+from .clusters import EndpointKey, TenantCluster
 from .endpoints import Endpoint, EndpointEvent, EndpointUsage, set_condition
 from .security import ApiToken, AuditEvent, IdempotencyRecord
 from .tenancy import Membership, Quota, QuotaRequest, Tenant
@@ -12,6 +13,7 @@ __all__ = [
     "AuditEvent",
     "Endpoint",
     "EndpointEvent",
+    "EndpointKey",
     "EndpointUsage",
     "GpuTier",
     "IdempotencyRecord",
@@ -22,5 +24,6 @@ __all__ = [
     "RuntimeImage",
     "Template",
     "Tenant",
+    "TenantCluster",
     "set_condition",
 ]

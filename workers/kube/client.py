@@ -103,6 +103,7 @@ KINDS: dict[tuple[str, str], Kind] = {
     ("gateway.networking.k8s.io/v1", "HTTPRoute"): Kind("gateway.networking.k8s.io/v1", "httproutes"),
     ("gateway.networking.k8s.io/v1", "Gateway"): Kind("gateway.networking.k8s.io/v1", "gateways"),
     ("keda.sh/v1alpha1", "ScaledObject"): Kind("keda.sh/v1alpha1", "scaledobjects"),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"): Kind("rbac.authorization.k8s.io/v1", "rolebindings"),
 }
 
 

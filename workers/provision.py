@@ -1,0 +1,323 @@
+"""Converge one endpoint's objects in its tenant cluster to what the database says.
+
+Every function here is safe to run again at any point: it works out what is missing and does only
+that. Nothing holds a database transaction or lock across a Kubernetes call.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import math
+import secrets
+from dataclasses import dataclass
+
+from django.conf import settings
+
+from endpoints import actions, naming
+from endpoints.choices import EndpointPhase
+from endpoints.models import Endpoint, EndpointKey
+
+from . import manifests
+from .kube import Cluster, PermanentKubeError
+from .tenant_clusters import ensure_tenant_cluster
+
+log = logging.getLogger(__name__)
+P = EndpointPhase
+
+# Phases in which the workers keep the endpoint's objects in place.
+CONVERGE_PHASES = frozenset(
+    {
+        P.REQUESTED,
+        P.PROVISIONING_TENANT,
+        P.SCHEDULING,
+        P.PULLING,
+        P.DOWNLOADING_WEIGHTS,
+        P.LOADING_MODEL,
+        P.VERIFYING,
+        P.READY,
+        P.DEGRADED,
+    }
+)
+GIB = 1024**3
+
+
+def load(endpoint_id: int) -> Endpoint:
+    return Endpoint.objects.select_related(
+        "tenant",
+        "tenant__quota",
+        "template",
+        "template__model",
+        "template__tier",
+        "template__image",
+    ).get(pk=endpoint_id)
+
+
+def url_for(endpoint: Endpoint) -> str:
+    host = naming.hostname(endpoint, settings.PORTAL_GATEWAY_DOMAIN)
+    return settings.PORTAL_GATEWAY_URL.format(host=host)
+
+
+def expected_load_seconds(weights_bytes: int) -> int:
+    """A cold start's load time: download at ~500 MB/s from a nearby store, load at ~2 GB/s,
+    plus a minute of engine start-up (CUDA graphs, KV cache). Used for probes and the estimate."""
+    return int(60 + weights_bytes / 500e6 + weights_bytes / 2e9)
+
+
+@dataclass(frozen=True)
+class Keys:
+    internal: str  # the key the gateway forwards with (vLLM's --api-key)
+    probe: str  # the key the first-request gate calls through the gateway with
+
+
+def existing_keys(cluster: Cluster, endpoint: Endpoint) -> Keys:
+    """Reuse the keys already in the endpoint's auth Secret; make new ones the first time."""
+    name = f"{naming.object_name(endpoint)}-auth"
+    secret = cluster.get("v1", "Secret", name, naming.namespace_for(endpoint.tenant))
+    data = (secret or {}).get("data") or {}
+
+    def read(key: str) -> str:
+        raw = data.get(key)
+        return base64.b64decode(raw).decode() if raw else ""
+
+    return Keys(
+        internal=read("api-key") or secrets.token_urlsafe(32),
+        probe=read("probe-key") or secrets.token_urlsafe(32),
+    )
+
+
+def spec_for(endpoint: Endpoint, keys: Keys) -> manifests.EndpointSpec:
+    template = endpoint.template
+    model, tier = template.model, template.tier
+    fit = template.fit()
+    key_hashes = sorted(
+        EndpointKey.objects.filter(endpoint=endpoint).active().values_list("key_hash", flat=True)
+    )
+    key_hashes.append(EndpointKey.hash(keys.probe))
+    autoscaled = endpoint.max_replicas > endpoint.min_replicas
+    annotations: dict[str, str] = {}
+    if settings.PORTAL_EMULATE:
+        annotations = {
+            "inference-portal.io/emulate": "vllm",
+            "inference-portal.io/load-delay": f"{settings.PORTAL_EMULATED_LOAD_SECONDS}s",
+        }
+    return manifests.EndpointSpec(
+        tenant=endpoint.tenant.slug,
+        endpoint=endpoint.name,
+        namespace=naming.namespace_for(endpoint.tenant),
+        name=naming.object_name(endpoint),
+        hostname=naming.hostname(endpoint, settings.PORTAL_GATEWAY_DOMAIN),
+        model_source=model.source,
+        model_revision=model.revision,
+        served_model_name=endpoint.name,
+        model_label=model.name,
+        image=template.image.reference,
+        resource_name=tier.resource_name,
+        gpus_per_replica=template.gpus_per_replica,
+        node_selector={"inference-portal.io/gpu-tier": tier.name, **(tier.node_labels or {})},
+        tolerations=[
+            {"key": t.get("key"), "operator": "Exists", "effect": t.get("effect", "NoSchedule")}
+            for t in (tier.taints or [])
+        ]
+        or [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        max_model_len=template.max_model_len,
+        gpu_memory_utilization=float(template.gpu_memory_utilization),
+        max_num_seqs=template.max_num_seqs,
+        min_replicas=endpoint.min_replicas,
+        max_replicas=endpoint.max_replicas,
+        replicas=None if (autoscaled or template.scale_to_zero) else endpoint.max_replicas,
+        tier=tier.name,
+        workload_class=template.workload_class,
+        quantization=model.dtype if model.dtype in ("awq", "gptq", "fp8") else None,
+        dtype={"bf16": "bfloat16", "fp16": "float16"}.get(model.dtype, "auto"),
+        target_queue_depth=template.target_queue_depth,
+        scale_to_zero=template.scale_to_zero,
+        expected_load_seconds=expected_load_seconds(fit.weights_bytes),
+        weights_gib=math.ceil(fit.weights_bytes / GIB),
+        gateway_name=settings.PORTAL_GATEWAY_NAME,
+        gateway_namespace=settings.PORTAL_GATEWAY_NAMESPACE,
+        prometheus_url=settings.PROMETHEUS_URL or "http://prometheus.monitoring:9090",
+        tenant_key_hashes=tuple(key_hashes),
+        internal_api_key=keys.internal,
+        extra_pod_annotations=annotations,
+    )
+
+
+def desired_objects(cluster: Cluster, endpoint: Endpoint) -> list[dict]:
+    keys = existing_keys(cluster, endpoint)
+    docs = manifests.render_endpoint(spec_for(endpoint, keys))
+    for doc in docs:
+        if doc["kind"] == "Secret":
+            doc["stringData"]["probe-key"] = keys.probe
+    return docs
+
+
+def owned_by(doc: dict, deployment: dict) -> dict:
+    doc["metadata"]["ownerReferences"] = [
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "name": deployment["metadata"]["name"],
+            "uid": deployment["metadata"]["uid"],
+            "blockOwnerDeletion": True,
+        }
+    ]
+    return doc
+
+
+def apply_endpoint(cluster: Cluster, endpoint: Endpoint) -> int:
+    """Apply the namespace and the endpoint's objects; the Deployment first, then its companions
+    owned by it, so deleting the Deployment leaves nothing behind. Returns how many were applied."""
+    cluster.apply(manifests.render_namespace(endpoint.tenant.slug, naming.namespace_for(endpoint.tenant)))
+    docs = desired_objects(cluster, endpoint)
+    (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+    stored = cluster.apply(deployment)
+    for doc in docs:
+        if doc is not deployment:
+            cluster.apply(owned_by(doc, stored))
+    return len(docs) + 1
+
+
+def deploy(endpoint_id: int) -> str:
+    """Bring the endpoint's objects to its desired state (used for create and scale alike)."""
+    endpoint = load(endpoint_id)
+    if endpoint.phase not in CONVERGE_PHASES:
+        return f"skipped: endpoint is {endpoint.phase}"
+    if endpoint.phase == P.REQUESTED:
+        tc = getattr(endpoint.tenant, "cluster", None)
+        if tc is None or not tc.is_ready:
+            actions.transition_endpoint(
+                endpoint.pk,
+                expected=P.REQUESTED,
+                new=P.PROVISIONING_TENANT,
+                reason="ProvisioningTenant",
+                message="Creating the tenant cluster.",
+            )
+    cluster = ensure_tenant_cluster(endpoint.tenant_id)
+    endpoint = load(endpoint_id)  # the phase may have moved while the tenant cluster came up
+    if endpoint.phase not in CONVERGE_PHASES:
+        return f"skipped: endpoint is {endpoint.phase}"
+    count = apply_endpoint(cluster, endpoint)
+    actions.record_observation(endpoint.pk, observed_generation=endpoint.generation, url=url_for(endpoint))
+    for start in (P.REQUESTED, P.PROVISIONING_TENANT):
+        if actions.transition_endpoint(
+            endpoint.pk,
+            expected=start,
+            new=P.SCHEDULING,
+            reason="Applied",
+            message=f"Applied {count} objects to the tenant cluster.",
+        ):
+            break
+    return f"applied {count} objects"
+
+
+def delete(endpoint_id: int) -> str:
+    """Drain and remove the endpoint's objects, then mark it Deleted.
+
+    Foreground deletion of the Deployment: its pods get their preStop and grace period (streams
+    finish), and the owned companions (Service, HTTPRoute, HPA, PDB, policy, Secret) go with it.
+    Returns "pending" while pods are still draining; the task retries until they are gone."""
+    endpoint = load(endpoint_id)
+    if endpoint.phase == P.DELETED:
+        return "already deleted"
+    if endpoint.phase != P.DELETING:
+        return f"skipped: endpoint is {endpoint.phase}"
+    tc = getattr(endpoint.tenant, "cluster", None)
+    if tc is not None and tc.phase not in ("deleted", "pending"):
+        from .kube import tenant_cluster
+
+        cluster = tenant_cluster(naming.namespace_for(endpoint.tenant), endpoint.tenant.slug)
+        namespace, name = naming.namespace_for(endpoint.tenant), naming.object_name(endpoint)
+        cluster.delete("apps/v1", "Deployment", name, namespace, propagation="Foreground")
+        if cluster.get("apps/v1", "Deployment", name, namespace) is not None:
+            return "pending"
+        # Owned objects are garbage-collected; anything left from before owners were set goes too.
+        for api_version, kind in manifests.COMPANION_KINDS:
+            cluster.delete(
+                api_version,
+                kind,
+                f"{name}-auth" if kind == "Secret" else name,
+                namespace,
+                propagation="Background",
+            )
+    actions.record_running_replicas(endpoint.pk, 0)
+    actions.transition_endpoint(
+        endpoint.pk,
+        expected=P.DELETING,
+        new=P.DELETED,
+        reason="Deleted",
+        message="All of the endpoint's objects were removed.",
+    )
+    return "deleted"
+
+
+def mark_failed(endpoint_id: int, reason: str, message: str) -> None:
+    """A permanent failure: say why on the endpoint, in words a tenant can act on."""
+    endpoint = Endpoint.objects.get(pk=endpoint_id)
+    if endpoint.phase in CONVERGE_PHASES:
+        try:
+            actions.transition_endpoint(
+                endpoint_id, expected=endpoint.phase, new=P.FAILED, reason=reason, message=message
+            )
+        except Exception:  # noqa: BLE001 - the table may not allow it from here; log and move on
+            log.exception("could not mark endpoint %s failed", endpoint_id)
+
+
+def drifted(cluster: Cluster, endpoint: Endpoint) -> list[dict]:
+    """The endpoint's objects that are missing or differ from what we would apply (read-only)."""
+    out = []
+    docs = desired_objects(cluster, endpoint)
+    for doc in docs:
+        meta = doc["metadata"]
+        live = cluster.get(doc["apiVersion"], doc["kind"], meta["name"], meta.get("namespace"))
+        if live is None or not manifests.subset(doc, live, ignore=("ownerReferences",)):
+            out.append(doc)
+    return out
+
+
+def repair_drift() -> dict:
+    """Re-apply what drifted, for every applied endpoint in a ready tenant cluster."""
+    from endpoints.choices import TenantClusterPhase
+
+    from .kube import TransientKubeError, tenant_cluster
+
+    checked = repaired = 0
+    endpoints = (
+        Endpoint.objects.filter(
+            phase__in=CONVERGE_PHASES - {P.REQUESTED, P.PROVISIONING_TENANT},
+            tenant__cluster__phase=TenantClusterPhase.READY,
+        )
+        .select_related(
+            "tenant", "tenant__quota", "template", "template__model", "template__tier", "template__image"
+        )
+        .order_by("tenant_id", "pk")
+    )
+    for endpoint in endpoints:
+        try:
+            cluster = tenant_cluster(naming.namespace_for(endpoint.tenant), endpoint.tenant.slug)
+            checked += 1
+            missing = drifted(cluster, endpoint)
+            if not missing:
+                continue
+            deployment = next((d for d in missing if d["kind"] == "Deployment"), None)
+            stored = (
+                cluster.apply(deployment)
+                if deployment
+                else cluster.get(
+                    "apps/v1",
+                    "Deployment",
+                    naming.object_name(endpoint),
+                    naming.namespace_for(endpoint.tenant),
+                )
+            )
+            for doc in missing:
+                if doc is not deployment:
+                    cluster.apply(owned_by(doc, stored) if stored else doc)
+            repaired += len(missing)
+            log.info("reconcile: re-applied %s for endpoint %s", [d["kind"] for d in missing], endpoint.pk)
+        except (TransientKubeError, PermanentKubeError) as exc:
+            log.warning("reconcile: endpoint %s: %s", endpoint.pk, exc.reason)
+    return {"checked": checked, "repaired": repaired}
+
+
+__all__ = ["PermanentKubeError", "apply_endpoint", "delete", "deploy", "drifted", "mark_failed"]
