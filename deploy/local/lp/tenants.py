@@ -266,10 +266,25 @@ def apiserver_answers(tenant_plane: cluster.ControlPlane) -> bool:
         return False
 
 
+# kube-apiserver drains open watches for up to a minute when told to stop, and clients outside the
+# platform (the portal's cluster watcher) keep theirs open. Every write it acknowledged is in etcd
+# already, so it gets a short grace period, then SIGKILL.
+APISERVER_STOP_GRACE = 3.0
+
+
+def _stop(procs: Procs, name: str) -> bool:
+    pid = procs.pid(name)
+    stopped = procs.stop(name, timeout=APISERVER_STOP_GRACE if name.endswith("-apiserver") else 20)
+    if pid is not None:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)  # reap it if this process started it: no zombie left behind
+    return stopped
+
+
 def stop_control_plane(procs: Procs, tenant_plane: cluster.ControlPlane) -> list[str]:
     stopped = []
     for component in COMPONENTS:
-        if procs.stop(tenant_plane.proc(component)):
+        if _stop(procs, tenant_plane.proc(component)):
             stopped.append(tenant_plane.proc(component))
     return stopped
 
@@ -463,6 +478,6 @@ def stop_tenant_clusters(procs: Procs) -> list[str]:
         return next((i for i, c in enumerate(COMPONENTS) if name.endswith(f"-{c}")), -1)
 
     for name in sorted(names, key=rank):
-        if procs.stop(name):
+        if _stop(procs, name):
             stopped.append(name)
     return stopped

@@ -347,14 +347,6 @@ def plan(
                 allocatable[k] -= v
         fresh.append((node["metadata"]["name"], tier, allocatable))
 
-    held: dict[str, Decimal] = {}  # per pool name and resource: what the tenant's joined nodes hold
-    for node in nodes:
-        labels = node["metadata"].get("labels") or {}
-        tier = by_name.get(labels.get(tiers_mod.TIER_LABEL, ""))
-        if POOL_LABEL in labels and tier is not None:
-            key = f"{labels[POOL_LABEL]}|{tier.resource}"
-            held[key] = held.get(key, Decimal(0)) + tier.gpus_per_node
-
     demands: list[Demand] = []
     planned: list[tuple[Demand, dict[str, Decimal]]] = []
     waiting = sorted(
@@ -373,6 +365,8 @@ def plan(
         ]
         if not candidates:
             continue
+        # The smallest node that takes the pod first: the least GPUs left idle beside it.
+        candidates.sort(key=lambda c: c[1].gpus_per_node)
         tiers_ok = {t.name for _, t in candidates}
         absorbed = False
         for _name, tier, free in fresh:
@@ -383,30 +377,22 @@ def plan(
         if absorbed:
             continue
         for demand, free in planned:
-            shared = [(p, t) for p, t in demand.candidates if t.name in tiers_ok]
-            if shared and all(free[t.resource] >= wants[t.resource] for _, t in shared):
+            shared = [
+                (p, t)
+                for p, t in demand.candidates
+                if t.name in tiers_ok and free[t.name] >= wants[t.resource]
+            ]
+            if shared:
                 demand.candidates = shared
                 for _, t in shared:
-                    free[t.resource] -= wants[t.resource]
+                    free[t.name] -= wants[t.resource]
                 demand.pods.append(pod)
                 absorbed = True
                 break
         if absorbed:
             continue
-        within_limits = []
-        for pool, tier in candidates:
-            limit = pool.limits.get(tier.resource)
-            key = f"{pool.name}|{tier.resource}"
-            if limit is not None and held.get(key, Decimal(0)) + tier.gpus_per_node > limit:
-                continue
-            within_limits.append((pool, tier))
-        if not within_limits:
-            continue
-        demand = Demand(tenant, within_limits, _utc(pod["metadata"].get("creationTimestamp")), [pod])
-        free = {t.resource: Decimal(t.gpus_per_node) - wants[t.resource] for _, t in within_limits}
-        for pool, tier in within_limits[:1]:  # count the node it will most likely get against the limit
-            key = f"{pool.name}|{tier.resource}"
-            held[key] = held.get(key, Decimal(0)) + tier.gpus_per_node
+        demand = Demand(tenant, candidates, _utc(pod["metadata"].get("creationTimestamp")), [pod])
+        free = {t.name: Decimal(t.gpus_per_node) - wants[t.resource] for _, t in candidates}
         planned.append((demand, free))
         demands.append(demand)
     return demands
@@ -532,8 +518,32 @@ class AutoNodes:
                     return True
         return False
 
+    def _within_limit(self, view: TenantView, pool: NodePool, tier: tiers_mod.Tier) -> bool:
+        """Would one more node of TIER keep the tenant within the pool's `limits`?
+
+        Counted over all the tenant's auto nodes with the tier's resource, whichever pool they came from.
+        """
+        limit = pool.limits.get(tier.resource)
+        if limit is None:
+            return True
+        held = [self.pool.tiers[self.pool.node_tier[n]] for n in self.pool.held_by(view.key)]
+        in_use = sum(t.gpus_per_node for t in held if t.resource == tier.resource)
+        return in_use + tier.gpus_per_node <= limit
+
     def _satisfy(self, demand: Demand, view: TenantView) -> None:
-        for pool, tier in demand.candidates:
+        allowed = [(p, t) for p, t in demand.candidates if self._within_limit(view, p, t)]
+        if not allowed:
+            limits = ", ".join(sorted({f"{p.limits[t.resource]} {t.resource}" for p, t in demand.candidates}))
+            for pod in demand.pods:
+                self._event(
+                    view,
+                    pod,
+                    "Warning",
+                    "NotTriggerScaleUp",
+                    f"pod didn't trigger scale-up: another node would exceed the tenant's auto-node limit ({limits})",
+                )
+            return
+        for pool, tier in allowed:
             node = self.pool.claim(tier.name, view.key)
             if node is None:
                 continue
@@ -558,7 +568,7 @@ class AutoNodes:
                     f"auto node {node} of GPU tier {tier.name} joined from the pool for this pod",
                 )
             return
-        tiers = ", ".join(sorted({t.name for _, t in demand.candidates}))
+        tiers = ", ".join(sorted({t.name for _, t in allowed}))
         for pod in demand.pods:
             self._event(
                 view,
