@@ -6,7 +6,9 @@ ports and names, which is why they take a `ControlPlane` rather than reading glo
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import ssl
 import subprocess
 import sys
@@ -20,7 +22,7 @@ from . import tiers as tiers_mod
 from .config import LOCAL_DIR, Config
 from .errors import PlatformError
 from .pki import PKI
-from .procs import Procs, require_port
+from .procs import Procs, port_free, require_port
 
 SERVICE_CIDR = "10.96.0.0/16"
 GATEWAY_CONTROLLER = "inference-portal.io/gateway-emulator"
@@ -40,6 +42,8 @@ class ControlPlane:
     etcd_prefix: str
     pki: PKI
     kubeconfig_dir: Path
+    # KWOK's server, the kubelet endpoint its nodes advertise (pod logs); 0: pick one and record it.
+    kwok_port: int = 0
 
     def kubeconfig(self, user: str) -> Path:
         return self.kubeconfig_dir / f"{self.name}-{user}.yaml"
@@ -64,6 +68,7 @@ def host_plane(cfg: Config) -> ControlPlane:
         etcd_prefix="/registry",
         pki=PKI(cfg.pki),
         kubeconfig_dir=cfg.kubeconfigs,
+        kwok_port=cfg.ports["kwok"],
     )
 
 
@@ -146,6 +151,9 @@ def ensure_pki(plane: ControlPlane) -> None:
     for user, (cn, org) in CLIENTS.items():
         plane.pki.issue(user, cn, org=org)
         plane.pki.kubeconfig(plane.kubeconfig(user), plane.server, user, cluster=plane.name)
+    # The API server reaches KWOK's server as it would a kubelet (logs): mutual TLS, one CA.
+    plane.pki.issue("apiserver-kubelet-client", "kube-apiserver-kubelet-client", org="system:masters")
+    plane.pki.issue("kwok-server", "kwok-server", client=False, server_names=["127.0.0.1", "localhost"])
 
 
 # -- kube-apiserver, controller-manager, scheduler -------------------------------------------
@@ -179,6 +187,10 @@ def ensure_apiserver(cfg: Config, procs: Procs, plane: ControlPlane, env_name: s
                 f"--service-account-signing-key-file={pki.path('sa.key')}",
                 "--service-account-issuer=https://kubernetes.default.svc",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
+                # Pod logs: nodes advertise 127.0.0.1 and their KWOK's port (ensure_kwok).
+                f"--kubelet-client-certificate={pki.path('apiserver-kubelet-client.crt')}",
+                f"--kubelet-client-key={pki.path('apiserver-kubelet-client.key')}",
+                f"--kubelet-certificate-authority={pki.path('ca.crt')}",
                 "--authorization-mode=RBAC",
                 "--allow-privileged=true",
                 # The "kubernetes" Service would point at 127.0.0.1, which Endpoints reject.
@@ -242,12 +254,48 @@ def ensure_controllers(cfg: Config, procs: Procs, plane: ControlPlane) -> None:
     )
 
 
+def free_port(reserved: set[int]) -> int:
+    """A loopback port nothing listens on, outside RESERVED (the platform's fixed ports)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in reserved and port_free(port):
+            return port
+    raise PlatformError("found no free loopback port")
+
+
+def kwok_port(cfg: Config, plane: ControlPlane) -> int:
+    """PLANE's KWOK server port: the plane's own, or one picked once and recorded beside its kubeconfigs."""
+    if plane.kwok_port:
+        return plane.kwok_port
+    record = plane.kubeconfig_dir / f"{plane.name}-kwok.port"
+    with contextlib.suppress(OSError, ValueError):
+        recorded = int(record.read_text())
+        if port_free(recorded):
+            return recorded
+    port = free_port(set(cfg.ports.values()))
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(str(port))
+    return port
+
+
+def _kwok_healthy(plane: ControlPlane, port: int) -> bool:
+    ctx = ssl.create_default_context(cafile=str(plane.pki.path("ca.crt")))
+    with urllib.request.urlopen(f"https://127.0.0.1:{port}/healthz", context=ctx, timeout=2) as resp:  # noqa: S310
+        return resp.status == 200
+
+
 def ensure_kwok(cfg: Config, procs: Procs, plane: ControlPlane) -> None:
     name = plane.proc("kwok")
     if procs.pid(name) is not None:
         return
     if not cfg.kwok_bin.exists():
         raise PlatformError(f"{cfg.kwok_bin} is missing; run `bash deploy/local/build-binaries.sh tools`")
+    port = kwok_port(cfg, plane)
+    require_port(port, f"KWOK's server ({plane.name})", "PORTAL_KWOK_PORT")
+    # Pod logs come from KWOK's server, one `Logs` object per pod (written by serving_emulator.py).
+    apply(cfg, plane, kwok_crds(cfg, ["logs"]))
     procs.start(
         name,
         [
@@ -256,10 +304,38 @@ def ensure_kwok(cfg: Config, procs: Procs, plane: ControlPlane) -> None:
             "--manage-all-nodes=false",
             "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
             "--node-lease-duration-seconds=40",
-            "--server-address=",
+            # The API server connects to what nodes advertise: loopback only, and KWOK's server.
+            "--node-ip=127.0.0.1",
+            f"--node-port={port}",
+            f"--server-address=127.0.0.1:{port}",
+            f"--tls-cert-file={plane.pki.path('kwok-server.crt')}",
+            f"--tls-private-key-file={plane.pki.path('kwok-server.key')}",
+            "--enable-crds=Logs",
             f"--config={LOCAL_DIR / 'kwok-stages.yaml'}",
         ],
     )
+    procs.wait(name, lambda: _kwok_healthy(plane, port), 60, "serving (/healthz)")
+    # KWOK sets a node's address and kubelet port only while the node is not Ready yet: bring
+    # nodes that are Ready already (KWOK restarted, or started before it had a server) up to date.
+    endpoint = {
+        "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": port}},
+    }
+    for node in json.loads(kubectl(cfg, plane, "get", "nodes", "-o", "json").stdout)["items"]:
+        status = node.get("status") or {}
+        managed = (node["metadata"].get("annotations") or {}).get("kwok.x-k8s.io/node") == "fake"
+        if managed and {k: status.get(k) for k in endpoint} != endpoint:
+            kubectl(
+                cfg,
+                plane,
+                "patch",
+                "node",
+                node["metadata"]["name"],
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                json.dumps({"status": endpoint}),
+            )
 
 
 # -- objects --------------------------------------------------------------------------------
@@ -331,18 +407,28 @@ def ensure_nodes(cfg: Config, plane: ControlPlane, tier_file: tiers_mod.TierFile
         kubectl(cfg, plane, "delete", "node", *stale, "--wait=false")
 
 
-def gateway_api_crds(cfg: Config) -> list[dict]:
-    version = cfg.versions["GATEWAY_API_VERSION"]
+def _module_dir(module: str, version: str) -> Path:
     result = subprocess.run(
-        ["go", "mod", "download", "-json", f"sigs.k8s.io/gateway-api@{version}"],
+        ["go", "mod", "download", "-json", f"{module}@{version}"],
         capture_output=True,
         text=True,
         check=False,
         env={**_go_env(), "GOFLAGS": "-mod=mod"},
     )
     if result.returncode != 0:
-        raise PlatformError(f"cannot fetch sigs.k8s.io/gateway-api@{version}: {result.stderr.strip()}")
-    crd_dir = Path(json.loads(result.stdout)["Dir"]) / "config" / "crd" / "standard"
+        raise PlatformError(f"cannot fetch {module}@{version}: {result.stderr.strip()}")
+    return Path(json.loads(result.stdout)["Dir"])
+
+
+def kwok_crds(cfg: Config, plurals: list[str]) -> list[dict]:
+    """KWOK's own CRDs (kwok.x-k8s.io) at KWOK_VERSION, from its module."""
+    crd_dir = _module_dir("sigs.k8s.io/kwok", cfg.versions["KWOK_VERSION"]) / "kustomize" / "crd" / "bases"
+    return [yaml.safe_load((crd_dir / f"kwok.x-k8s.io_{plural}.yaml").read_text()) for plural in plurals]
+
+
+def gateway_api_crds(cfg: Config) -> list[dict]:
+    version = cfg.versions["GATEWAY_API_VERSION"]
+    crd_dir = _module_dir("sigs.k8s.io/gateway-api", version) / "config" / "crd" / "standard"
     docs: list[dict] = []
     for path in sorted(crd_dir.glob("*.yaml")):
         docs.extend(d for d in yaml.safe_load_all(path.read_text()) if d)

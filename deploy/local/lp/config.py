@@ -56,6 +56,10 @@ class Config:
             "etcd-peer": _port("PORTAL_ETCD_PEER_PORT", 52380),
             "apiserver": _port("PORTAL_APISERVER_PORT", 56443),
             "prometheus": _port("PORTAL_PROMETHEUS_PORT", 59090),
+            # The host KWOK's server: its nodes advertise it as their kubelet port (pod logs).
+            "kwok": _port("PORTAL_KWOK_PORT", 50250),
+            # The gateway's data plane: endpoints' hostnames, routed to their emulators.
+            "gateway": _port("PORTAL_GATEWAY_PORT", 58080),
         }
         if len(set(ports.values())) != len(ports):
             raise PlatformError(f"two components were given the same port: {ports}")
@@ -105,3 +109,6 @@ class Config:
 
     def apiserver_url(self) -> str:
         return f"https://127.0.0.1:{self.ports['apiserver']}"
+
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['gateway']}"

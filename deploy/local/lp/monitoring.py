@@ -67,6 +67,8 @@ def ensure_prometheus(cfg: Config, procs: Procs) -> None:
             {
                 "job_name": "vllm",
                 "metrics_path": "/metrics",
+                # vLLM's own model_name label wins over the target's (same value), with no exported_ copy.
+                "honor_labels": True,
                 "file_sd_configs": [{"files": [str(targets_dir(cfg) / "*.json")], "refresh_interval": "5s"}],
             }
         ],
