@@ -51,6 +51,17 @@ def _not_found(exc: ApiException) -> bool:
     return exc.status == 404
 
 
+def describe(exc: Exception) -> str:
+    """One line for the log and the workload's message annotation."""
+    if isinstance(exc, ApiException):
+        try:
+            message = json.loads(exc.body or "{}").get("message", "")
+        except ValueError:
+            message = ""
+        return f"Kubernetes API {exc.status} {exc.reason}: {message}".strip()
+    return str(exc).strip() or exc.__class__.__name__
+
+
 class TenantWorker(threading.Thread):
     """Brings one tenant cluster up, keeps it up, and takes it down when its vCluster is uninstalled."""
 
@@ -68,7 +79,7 @@ class TenantWorker(threading.Thread):
         self.ready = False
         self.api: client.ApiClient | None = None
         self.config: dict = {}
-        self.marked: tuple[str, str, str] | None = None
+        self.generation: int | None = None  # of the chart's workload, as last seen
 
     # -- loop ----------------------------------------------------------------------------------
 
@@ -83,10 +94,10 @@ class TenantWorker(threading.Thread):
                 backoff = 1.0
             except Exception as exc:  # noqa: BLE001 - record it, retry with a capped backoff
                 self.ready = False
-                log.warning("tenant cluster %s: %s", self.tenant.key, exc)
+                log.warning("tenant cluster %s: %s", self.tenant.key, describe(exc))
                 if not self.uninstall.is_set():
                     with contextlib.suppress(Exception):
-                        self.mark("Failed", str(exc)[:1000])
+                        self.mark("Failed", describe(exc)[:1000])
                 delay, backoff = backoff, min(backoff * 2, 30.0)
             self.attempted.set()
             self.wake.wait(delay)
@@ -102,10 +113,11 @@ class TenantWorker(threading.Thread):
         try:
             secret = core.read_namespaced_secret(t.config_secret_name, t.namespace)
             self.config = tenants.read_config(secret.data)
+            config_version = secret.metadata.resource_version
         except ApiException as exc:
             if not _not_found(exc):
                 raise
-            self.config = {}
+            self.config, config_version = {}, ""
         port = tenants.recorded_port(self.cfg, t)
         plane = tenants.plane(self.cfg, t, port or 0)
         if port is None or not tenants.processes_running(procs, plane):
@@ -134,7 +146,7 @@ class TenantWorker(threading.Thread):
         imported = time.monotonic()
         self.write_kubeconfig_secrets(plane)
         self.release_pods()
-        self.mark("Ready", "", plane.server)
+        self.mark("Ready", "", plane.server, config_version)
         if not self.ready:
             log.info(
                 "tenant cluster %s: ready (Gateway import %.1fs, kubeconfig Secret %.1fs)",
@@ -145,7 +157,9 @@ class TenantWorker(threading.Thread):
         self.ready = True
         return self.RESYNC_SECONDS
 
-    def mark(self, status: str, message: str, server: str | None = None) -> None:
+    def mark(
+        self, status: str, message: str, server: str | None = None, config_version: str | None = None
+    ) -> None:
         """Record the tenant cluster's state on the chart's workload, when it changed."""
         workload = self.emu.workloads.get(self.tenant.key)
         if workload is None:
@@ -156,6 +170,8 @@ class TenantWorker(threading.Thread):
         }
         if server is not None:
             annotations[tenants.SERVER_ANNOTATION] = server
+        if config_version is not None:
+            annotations[tenants.CONFIG_ANNOTATION] = config_version
         current = workload["metadata"].get("annotations") or {}
         if all(current.get(k) == v for k, v in annotations.items()):
             return
@@ -419,6 +435,12 @@ class Emulator:
                         log.info("tenant cluster %s: its vCluster was uninstalled", key)
                         worker.uninstall.set()
                         worker.wake.set()
+                    if worker is not None and key in found:
+                        # helm upgrade changed the workload (its config hash): look again now.
+                        generation = found[key]["metadata"].get("generation")
+                        if worker.generation != generation:
+                            worker.generation = generation
+                            worker.wake.set()
                 # `platformctl up` returns once the tenant clusters found at start have had a pass.
                 if first and all(w.attempted.is_set() or w.done.is_set() for w in self.workers.values()):
                     marker = tenants.emulator_marker(self.cfg)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 
 import pytest
+import yaml
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 from lp import cluster, tenants
@@ -49,6 +50,21 @@ def tier_file(platform):
 
 def holders(platform) -> dict[str, str]:
     return autonodes.read_holders(tenants.tenants_dir(platform.cfg) / "autonodes.json")
+
+
+def free_tier(platform, tier_file, count: int, *, exclude: tuple[str, ...] = ()) -> tiers_mod.Tier:
+    """A tier with COUNT free nodes in the pool; waits for one, since other sessions share the pool."""
+
+    def find():
+        held = set(holders(platform))
+        for tier in sorted(tier_file.tiers, key=lambda t: t.auto_nodes):
+            if tier.name not in exclude and len(set(tier.auto_node_names()) - held) >= count:
+                return tier
+        return None
+
+    return wait_for(
+        find, timeout=180, interval=1, what=f"a tier with {count} free node(s) (held: {holders(platform)})"
+    )
 
 
 def gpu_pod(name: str, tier: tiers_mod.Tier, count: int = 1) -> dict:
@@ -231,7 +247,7 @@ def test_an_httproute_in_a_tenant_cluster_gets_accepted_and_resolved_refs(tenant
 def test_a_gpu_pod_gets_a_node_of_its_tier_joined_from_the_pool_and_runs_there(
     tenant_a, tier_file, host_api, platform
 ):
-    tier = next(t for t in tier_file.tiers if t.name == "l40s-48gb")
+    tier = free_tier(platform, tier_file, 1)
     tenant_a.core.create_namespaced_pod("default", gpu_pod("one-gpu", tier))
 
     pod = running_pod(tenant_a, "one-gpu")
@@ -264,6 +280,12 @@ def test_with_the_pool_empty_a_pod_waits_with_failed_scheduling_until_another_te
 ):
     tier = min((t for t in tier_file.tiers if t.auto_nodes), key=lambda t: t.auto_nodes)
     # Tenant A takes every node of the tier: one pod per node, each wanting a whole node.
+    wait_for(
+        lambda: not set(tier.auto_node_names()) & set(holders(platform)),
+        timeout=180,
+        interval=1,
+        what=f"every node of tier {tier.name} to be free (held: {holders(platform)})",
+    )
     taken = []
     for i in range(tier.auto_nodes):
         tenant_a.core.create_namespaced_pod("default", gpu_pod(f"whole-{i}", tier, tier.gpus_per_node))
@@ -297,6 +319,77 @@ def test_with_the_pool_empty_a_pod_waits_with_failed_scheduling_until_another_te
     tenant_b.core.delete_namespaced_pod("waiting", "default")
 
 
+def test_a_tenant_gets_nodes_only_of_the_tiers_its_pools_select_and_within_their_limits(
+    tenant_b, tenant_clusters, tier_file, tmp_path, host_api, platform
+):
+    # One tier this tenant may use (two of its nodes free, to show the limit is what stops it),
+    # and one it may not.
+    allowed = free_tier(platform, tier_file, 2)
+    other = next(t for t in tier_file.tiers if t.name != allowed.name and t.auto_nodes)
+    values = tmp_path / "one-node-of-one-tier.yaml"
+    values.write_text(
+        yaml.safe_dump(
+            {
+                "privateNodes": {
+                    "enabled": True,
+                    "autoNodes": [
+                        {
+                            "provider": "local-kwok-pool",
+                            "dynamic": [
+                                {
+                                    "name": "only-one",
+                                    "nodeTypeSelector": [
+                                        {"property": TIER_LABEL, "operator": "In", "values": [allowed.name]}
+                                    ],
+                                    "limits": {allowed.resource: str(allowed.gpus_per_node)},
+                                    "disruption": {"consolidateAfter": "3s"},
+                                }
+                            ],
+                        }
+                    ],
+                }
+            }
+        )
+    )
+    tenants.install(tenant_clusters.cfg, tenant_b.name, tenant_b.namespace, [tenant_clusters.values, values])
+    # autoNodes changes roll no pod (the chart leaves them out of its config hash): wait until the
+    # tenant cluster says it serves the Secret's new version.
+    host = client.CoreV1Api(host_api)
+    apps = client.AppsV1Api(host_api)
+    wait_for(
+        lambda: (
+            apps.read_namespaced_deployment(tenant_b.name, tenant_b.namespace).metadata.annotations.get(
+                tenants.CONFIG_ANNOTATION
+            )
+            == host.read_namespaced_secret(
+                f"vc-config-{tenant_b.name}", tenant_b.namespace
+            ).metadata.resource_version
+        ),
+        timeout=30,
+        what="the tenant cluster to serve its new config",
+    )
+
+    # A tier no pool selects never joins: the pod keeps the scheduler's FailedScheduling.
+    tenant_b.core.create_namespaced_pod("default", gpu_pod("wrong-tier", other))
+    wait_for(
+        lambda: events_for(tenant_b, "wrong-tier", "FailedScheduling"), timeout=30, what="FailedScheduling"
+    )
+    # One node's worth of the tier is allowed; a second whole node is over the limit.
+    tenant_b.core.create_namespaced_pod("default", gpu_pod("first", allowed, allowed.gpus_per_node))
+    node = running_pod(tenant_b, "first").spec.node_name
+    tenant_b.core.create_namespaced_pod("default", gpu_pod("second", allowed, allowed.gpus_per_node))
+    refused = wait_for(
+        lambda: events_for(tenant_b, "second", "NotTriggerScaleUp"), timeout=30, what="the limit to refuse"
+    )
+    assert "limit" in refused[0].message
+    joined = [n.metadata.name for n in tenant_b.core.list_node().items]
+    assert [n for n in joined if n in allowed.auto_node_names()] == [node]
+    assert not [n for n in joined if n in other.auto_node_names()]
+    assert not events_for(tenant_b, "wrong-tier", "TriggeredScaleUp")
+    for pod in ("wrong-tier", "first", "second"):
+        tenant_b.core.delete_namespaced_pod(pod, "default")
+
+
 # -- restart and uninstall --------------------------------------------------------------------
 
 
@@ -309,7 +402,7 @@ def test_a_restarted_emulator_adopts_running_tenant_clusters(tenant_a, platform,
 
     assert procs.pid(apiserver) == before  # adopted, not restarted
     client.CoreV1Api(host_api).read_namespaced_secret(f"vc-{tenant_a.name}", tenant_a.namespace)
-    tier = next(t for t in tiers_mod.load(platform.cfg.tiers_file).tiers if t.name == "h100-80gb")
+    tier = free_tier(platform, tiers_mod.load(platform.cfg.tiers_file), 1)
     tenant_a.core.create_namespaced_pod("default", gpu_pod("after-restart", tier))
     running_pod(tenant_a, "after-restart")
     tenant_a.core.delete_namespaced_pod("after-restart", "default")
@@ -319,7 +412,7 @@ def test_uninstalling_stops_its_processes_returns_its_nodes_and_removes_its_secr
     tenant_clusters, tier_file, host_api, platform
 ):
     tc = tenant_clusters.wait_ready(*tenant_clusters.install("gone"))
-    tier = next(t for t in tier_file.tiers if t.name == "h100-80gb")
+    tier = free_tier(platform, tier_file, 1)
     tc.core.create_namespaced_pod("default", gpu_pod("holding", tier))
     node = running_pod(tc, "holding").spec.node_name
     assert holders(platform)[node] == tc.tenant.key

@@ -12,7 +12,8 @@ What the emulator writes back to the host, so callers can tell a tenant cluster 
   - Secret vc-<name> (keys config, certificate-authority, client-certificate, client-key, token),
     labelled app=vcluster, vcluster-name=<name>, owned by the vCluster's Service as vCluster does;
   - annotations on the chart's workload: STATUS_ANNOTATION (Starting / Ready / Failed),
-    SERVER_ANNOTATION (the API server URL) and MESSAGE_ANNOTATION (why, when Failed);
+    SERVER_ANNOTATION (the API server URL), MESSAGE_ANNOTATION (why, when Failed) and
+    CONFIG_ANNOTATION (the vc-config-<name> resourceVersion in force);
   - the control-plane pod turns Ready (the emulator lifts HOLD_UNREADY_ANNOTATION).
 """
 
@@ -45,6 +46,9 @@ WORKLOAD_SELECTOR = "app=vcluster"
 STATUS_ANNOTATION = "inference-portal.io/tenant-cluster"
 SERVER_ANNOTATION = "inference-portal.io/tenant-cluster-server"
 MESSAGE_ANNOTATION = "inference-portal.io/tenant-cluster-message"
+# The resourceVersion of vc-config-<name> the tenant cluster last served with: after `helm upgrade`
+# (autoNodes changes roll no pod), compare it with the Secret's to know the new config is in force.
+CONFIG_ANNOTATION = "inference-portal.io/tenant-cluster-config-version"
 HOLD_UNREADY_ANNOTATION = "inference-portal.io/hold-unready"
 IMPORTED_FROM_ANNOTATION = "vcluster.loft.sh/imported-from"
 # Stop order: clients of the API server first, the API server last.
@@ -103,12 +107,20 @@ def helm(cfg: Config, *args: str, timeout: float = 300) -> subprocess.CompletedP
     return result
 
 
-def install(cfg: Config, name: str, namespace: str, values_files: list[Path] | tuple = ()) -> None:
-    """`helm upgrade --install` the pinned chart with VALUES_FILE, then VALUES_FILES on top."""
+def install(
+    cfg: Config, name: str, namespace: str, values_files: list[Path] | tuple = (), *, wait: float = 0
+) -> None:
+    """`helm upgrade --install` the pinned chart with VALUES_FILE, then VALUES_FILES on top.
+
+    With WAIT (seconds), helm waits for the control-plane pod to be Ready: the emulator lets it turn
+    Ready once the tenant cluster serves with this release's config.
+    """
     argv = ["upgrade", "--install", name, str(chart_dir(cfg)), "--namespace", namespace, "--create-namespace"]
     for path in [VALUES_FILE, *values_files]:
         argv += ["--values", str(path)]
-    helm(cfg, *argv)
+    if wait:
+        argv += ["--wait", f"--timeout={int(wait)}s"]
+    helm(cfg, *argv, timeout=max(300, wait + 60))
 
 
 def uninstall(cfg: Config, name: str, namespace: str) -> None:

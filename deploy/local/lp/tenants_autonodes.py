@@ -419,6 +419,7 @@ class AutoNodes:
         self.default_consolidate_after = default_consolidate_after
         self.empty_since: dict[tuple[str, str], dt.datetime] = {}
         self.reported: dict[str, str] = {}  # pod uid -> the last event reason we gave it
+        self.held: dict[str, dict[tuple[str, str], Decimal]] = {}  # tenant -> (pool, resource) -> GPUs
 
     def tick(self, tenants: list[TenantView], live_keys: set[str] | None) -> None:
         if live_keys is not None:
@@ -426,6 +427,7 @@ class AutoNodes:
                 released = self.pool.release_all(holder)
                 log.info("returned %s to the pool: tenant cluster %s is gone", released, holder)
         now = dt.datetime.now(dt.UTC)
+        self.held = {}
         demands: list[tuple[Demand, TenantView]] = []
         seen_pods: set[str] = set()
         seen_nodes: set[tuple[str, str]] = set()
@@ -439,6 +441,7 @@ class AutoNodes:
                 self._reconcile_records(view, nodes)
                 self._reclaim(view, nodes, pods, now)
                 demands += [(d, view) for d in plan(view.key, self.tier_file, view.pools, nodes, pods, now)]
+                self.held[view.key] = self._held(nodes)
             except Exception as exc:  # noqa: BLE001 - one tenant's trouble must not stop the others
                 log.warning("auto nodes: tenant cluster %s skipped this pass: %s", view.key, exc)
         self.reported = {uid: r for uid, r in self.reported.items() if uid in seen_pods}
@@ -518,16 +521,24 @@ class AutoNodes:
                     return True
         return False
 
-    def _within_limit(self, view: TenantView, pool: NodePool, tier: tiers_mod.Tier) -> bool:
-        """Would one more node of TIER keep the tenant within the pool's `limits`?
+    def _held(self, nodes: list[dict]) -> dict[tuple[str, str], Decimal]:
+        """GPUs a tenant's joined nodes hold, per dynamic pool and resource."""
+        by_name = self.pool.tiers
+        held: dict[tuple[str, str], Decimal] = {}
+        for node in nodes:
+            labels = node["metadata"].get("labels") or {}
+            tier = by_name.get(labels.get(tiers_mod.TIER_LABEL, ""))
+            if POOL_LABEL in labels and tier is not None:
+                key = (labels[POOL_LABEL], tier.resource)
+                held[key] = held.get(key, Decimal(0)) + tier.gpus_per_node
+        return held
 
-        Counted over all the tenant's auto nodes with the tier's resource, whichever pool they came from.
-        """
+    def _within_limit(self, view: TenantView, pool: NodePool, tier: tiers_mod.Tier) -> bool:
+        """Would one more node of TIER keep the tenant within POOL's `limits` (Karpenter's sense)?"""
         limit = pool.limits.get(tier.resource)
         if limit is None:
             return True
-        held = [self.pool.tiers[self.pool.node_tier[n]] for n in self.pool.held_by(view.key)]
-        in_use = sum(t.gpus_per_node for t in held if t.resource == tier.resource)
+        in_use = self.held.get(view.key, {}).get((pool.name, tier.resource), Decimal(0))
         return in_use + tier.gpus_per_node <= limit
 
     def _satisfy(self, demand: Demand, view: TenantView) -> None:
@@ -552,6 +563,10 @@ class AutoNodes:
             except Exception:
                 self.pool.release(node, view.key)
                 raise
+            held = self.held.setdefault(view.key, {})
+            held[(pool.name, tier.resource)] = (
+                held.get((pool.name, tier.resource), Decimal(0)) + tier.gpus_per_node
+            )
             log.info(
                 "joined %s (tier %s) to tenant cluster %s for %s",
                 node,
