@@ -93,9 +93,11 @@ class TenantWorker(threading.Thread):
                 delay = self.reconcile()
                 backoff = 1.0
             except Exception as exc:  # noqa: BLE001 - record it, retry with a capped backoff
-                self.ready = False
                 log.warning("tenant cluster %s: %s", self.tenant.key, describe(exc))
-                if not self.uninstall.is_set():
+                # Trouble reaching the host (an API server restart, say) leaves a serving tenant
+                # cluster serving, Auto Nodes included; only a tenant that does not answer is Failed.
+                if not self.uninstall.is_set() and not self.serving():
+                    self.ready = False
                     with contextlib.suppress(Exception):
                         self.mark("Failed", describe(exc)[:1000])
                 delay, backoff = backoff, min(backoff * 2, 30.0)
@@ -103,6 +105,12 @@ class TenantWorker(threading.Thread):
             self.wake.wait(delay)
             self.wake.clear()
         self.done.set()
+
+    def serving(self) -> bool:
+        port = tenants.recorded_port(self.cfg, self.tenant)
+        if not self.ready or port is None:
+            return False
+        return tenants.apiserver_answers(tenants.plane(self.cfg, self.tenant, port))
 
     # -- bring-up ------------------------------------------------------------------------------
 
