@@ -145,14 +145,25 @@ PORTAL_TENANT_CLUSTERROLE = env_str("PORTAL_TENANT_CLUSTERROLE", "")
 PORTAL_NAMESPACE = env_str("PORTAL_NAMESPACE", "")
 PORTAL_SERVICE_ACCOUNT = env_str("PORTAL_SERVICE_ACCOUNT", "")
 PORTAL_TENANT_CLUSTER_TIMEOUT = env_int("PORTAL_TENANT_CLUSTER_TIMEOUT", 300, minimum=10)
+# A worker that claimed a tenant cluster's install and then went silent this long is presumed dead.
+PORTAL_CLAIM_STALE_SECONDS = env_int("PORTAL_CLAIM_STALE_SECONDS", 420, minimum=5)
 
 # The shared Gateway that endpoint routes attach to, and the domain their hostnames live under.
 PORTAL_GATEWAY_NAME = env_str("PORTAL_GATEWAY_NAME", "shared-inference")
 PORTAL_GATEWAY_NAMESPACE = env_str("PORTAL_GATEWAY_NAMESPACE", "shared-gateways")
 PORTAL_GATEWAY_DOMAIN = env_str("PORTAL_GATEWAY_DOMAIN", "inference.localhost")
-# Where clients reach the gateway; an endpoint's URL is built from it (scheme, optional port).
-PORTAL_GATEWAY_URL = env_str("PORTAL_GATEWAY_URL", "https://{host}")
+# An endpoint's public URL, from its hostname (scheme and port are the gateway's).
+PORTAL_ENDPOINT_URL_TEMPLATE = env_str("PORTAL_ENDPOINT_URL_TEMPLATE", "https://{host}")
+if "{host}" not in PORTAL_ENDPOINT_URL_TEMPLATE:
+    from .env import ImproperlyConfiguredEnv
+
+    raise ImproperlyConfiguredEnv("PORTAL_ENDPOINT_URL_TEMPLATE must contain {host}, e.g. https://{host}")
+# Where the portal itself reaches the gateway for the first-request gate, sending the endpoint's
+# hostname in the Host header; empty means the public URL.
+PORTAL_GATEWAY_URL = env_str("PORTAL_GATEWAY_URL", "")
 PORTAL_GATEWAY_CONTROLLER = env_str("PORTAL_GATEWAY_CONTROLLER", "")
+# Before an endpoint is called Ready, send a real completion through the gateway (issue 6).
+PORTAL_VERIFY_FIRST_REQUEST = env_bool("PORTAL_VERIFY_FIRST_REQUEST", True)
 
 # The local platform plays GPU pods with KWOK and the vLLM emulator; these annotations tell it how.
 PORTAL_EMULATE = env_bool("PORTAL_EMULATE", False)

@@ -19,3 +19,9 @@ STORAGES = {
 # Serve static files from the apps' directories as they are: tests do not run collectstatic.
 WHITENOISE_AUTOREFRESH = True
 WHITENOISE_USE_FINDERS = True
+
+# Tests use their own Redis database, so a running demo's queue is never touched.
+# Celery reads the CELERY_BROKER_URL environment variable before its configuration, so set both.
+if CELERY_BROKER_URL.startswith("redis://"):  # noqa: F405
+    CELERY_BROKER_URL = CELERY_BROKER_URL.rsplit("/", 1)[0] + "/7"  # noqa: F405
+    os.environ["CELERY_BROKER_URL"] = CELERY_BROKER_URL

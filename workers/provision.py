@@ -18,7 +18,7 @@ from endpoints import actions, naming
 from endpoints.choices import EndpointPhase
 from endpoints.models import Endpoint, EndpointKey
 
-from . import manifests
+from . import failpoints, manifests
 from .kube import Cluster, PermanentKubeError
 from .tenant_clusters import ensure_tenant_cluster
 
@@ -55,7 +55,7 @@ def load(endpoint_id: int) -> Endpoint:
 
 def url_for(endpoint: Endpoint) -> str:
     host = naming.hostname(endpoint, settings.PORTAL_GATEWAY_DOMAIN)
-    return settings.PORTAL_GATEWAY_URL.format(host=host)
+    return settings.PORTAL_ENDPOINT_URL_TEMPLATE.format(host=host)
 
 
 def expected_load_seconds(weights_bytes: int) -> int:
@@ -171,10 +171,13 @@ def apply_endpoint(cluster: Cluster, endpoint: Endpoint) -> int:
     cluster.apply(manifests.render_namespace(endpoint.tenant.slug, naming.namespace_for(endpoint.tenant)))
     docs = desired_objects(cluster, endpoint)
     (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+    failpoints.hit("before-deployment")
     stored = cluster.apply(deployment)
-    for doc in docs:
-        if doc is not deployment:
-            cluster.apply(owned_by(doc, stored))
+    failpoints.hit("after-deployment")
+    for i, doc in enumerate(d for d in docs if d is not deployment):
+        cluster.apply(owned_by(doc, stored))
+        if i == 2:
+            failpoints.hit("mid-companions")
     return len(docs) + 1
 
 
@@ -198,7 +201,9 @@ def deploy(endpoint_id: int) -> str:
     if endpoint.phase not in CONVERGE_PHASES:
         return f"skipped: endpoint is {endpoint.phase}"
     count = apply_endpoint(cluster, endpoint)
+    failpoints.hit("before-record")
     actions.record_observation(endpoint.pk, observed_generation=endpoint.generation, url=url_for(endpoint))
+    failpoints.hit("after-record")
     for start in (P.REQUESTED, P.PROVISIONING_TENANT):
         if actions.transition_endpoint(
             endpoint.pk,

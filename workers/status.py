@@ -49,7 +49,7 @@ OOM_RE = re.compile(r"CUDA out of memory|OutOfMemoryError|torch\.cuda\.OutOfMemo
 HUB_401_RE = re.compile(
     r"401 Client Error|GatedRepoError|Unauthorized for url|Access to model .* is restricted"
 )
-INSUFFICIENT_RE = re.compile(r"Insufficient ([\w./-]+)")
+INSUFFICIENT_RE = re.compile(r"Insufficient ([\w./-]*[\w])")
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from endpoints import naming
 from endpoints.choices import TenantClusterPhase
 from endpoints.models import Tenant, TenantCluster
 
-from . import manifests
+from . import failpoints, manifests
 from .kube import Cluster, PermanentKubeError, TransientKubeError, helm, host_cluster, tenant_cluster
 
 log = logging.getLogger(__name__)
@@ -40,8 +40,12 @@ def values_for(tenant: Tenant) -> dict:
     total = getattr(quota, "gpus_total", 0) or 0
     pools = []
     for tier in GpuTier.objects.order_by("name"):
-        cap = min(int(tier_gpus.get(tier.name, total)), total)
+        cap = min(int(tier_gpus.get(tier.name, 0)), total)
         if cap > 0:
+            # Pool limits count whole nodes' capacity (as Karpenter's do): round the tenant's
+            # quota up to whole nodes, or a 2-GPU quota could never join a 4-GPU node. Quota
+            # admission in the portal still holds the tenant to its GPU count.
+            cap = -(-cap // tier.gpus_per_node) * tier.gpus_per_node
             pools.append(
                 {"name": f"gpu-{tier.name}", "tier": tier.name, "limits": {tier.resource_name: str(cap)}}
             )
@@ -62,7 +66,7 @@ def _hash(values: dict) -> str:
 
 
 def _claim(tc: TenantCluster) -> bool:
-    stale = timedelta(seconds=settings.PORTAL_TENANT_CLUSTER_TIMEOUT + 120)
+    stale = timedelta(seconds=settings.PORTAL_CLAIM_STALE_SECONDS)
     now = timezone.now()
     return (
         TenantCluster.objects.claimable(stale)
@@ -133,9 +137,11 @@ def ensure_tenant_cluster(tenant_id: int) -> Cluster:
         raise PermanentKubeError(f"tenant {tenant.slug} is being deleted")
     if not _claim(tc):
         raise TenantClusterBusy(f"tenant cluster {tenant.slug} is being installed by another worker")
+    failpoints.hit("after-claim")
     try:
         host = host_cluster()
         namespace = ensure_host_namespace(host, tenant)
+        failpoints.hit("before-helm")
         helm.upgrade_install(
             tenant.slug,
             namespace,
@@ -144,6 +150,7 @@ def ensure_tenant_cluster(tenant_id: int) -> Cluster:
             version=settings.PORTAL_VCLUSTER_CHART_VERSION,
             timeout=settings.PORTAL_TENANT_CLUSTER_TIMEOUT,
         )
+        failpoints.hit("after-helm")
         cluster = _wait_usable(tenant, time.monotonic() + settings.PORTAL_TENANT_CLUSTER_TIMEOUT)
     except PermanentKubeError as exc:
         _release(tc, P.FAILED, exc.reason)

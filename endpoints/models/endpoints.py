@@ -64,6 +64,10 @@ class Endpoint(models.Model):
     )
     generation = models.PositiveBigIntegerField(default=1)
     observed_generation = models.PositiveBigIntegerField(default=0)
+    verified_at = models.DateTimeField(
+        null=True, blank=True, help_text="When a first request through the gateway last succeeded"
+    )
+    first_token_seconds = models.FloatField(null=True, blank=True, help_text="TTFT of that first request")
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

@@ -8,6 +8,7 @@ round-trips are paid per client; unknown kinds fall back to discovery once per c
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import threading
 from collections.abc import Iterator
@@ -17,8 +18,9 @@ from typing import Any
 import urllib3
 import yaml
 from django.conf import settings
-from kubernetes import client, config, watch
+from kubernetes import client, config
 from kubernetes.client.rest import ApiException
+from kubernetes.watch.watch import iter_resp_lines
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +62,6 @@ def classify(exc: Exception, what: str) -> KubeError:
 
 def _api_message(exc: ApiException) -> str:
     try:
-        import json
-
         return json.loads(exc.body).get("message") or exc.reason or ""
     except (TypeError, ValueError, AttributeError):
         return exc.reason or ""
@@ -276,10 +276,9 @@ class Cluster:
             )[0]
         except Exception as exc:  # noqa: BLE001
             raise classify(exc, f"watch {kind}") from exc
-        w = watch.Watch()
         try:
-            for line in w.iter_resp_lines(resp):
-                event = yaml.safe_load(line) if line else None
+            for line in iter_resp_lines(resp):
+                event = json.loads(line) if line else None
                 if not event:
                     continue
                 if event.get("type") == "ERROR":
@@ -290,6 +289,34 @@ class Cluster:
             raise classify(exc, f"watch {kind}") from exc
         finally:
             resp.release_conn()
+
+    def pod_log(self, namespace: str, pod: str, container: str, tail_lines: int = 300) -> list[str]:
+        """The last lines of a container's log (through the kubelet, or KWOK standing in for it)."""
+        path = f"/api/v1/namespaces/{namespace}/pods/{pod}/log"
+        query = [("container", container), ("tailLines", str(tail_lines))]
+        try:
+            resp = self.api.call_api(
+                path,
+                "GET",
+                query_params=query,
+                header_params={"Accept": "*/*"},
+                auth_settings=["BearerToken"],
+                _preload_content=False,
+                _request_timeout=5,
+            )[0]
+        except Exception as exc:  # noqa: BLE001
+            raise classify(exc, f"logs of {pod}") from exc
+        try:
+            return resp.data.decode(errors="replace").splitlines()
+        finally:
+            resp.release_conn()
+
+    def list_with_version(
+        self, api_version: str, kind: str, *, label_selector: str | None = None
+    ) -> tuple[list[dict], str]:
+        """All objects of a kind (every namespace) and the list's resourceVersion to watch from."""
+        data = self.list(api_version, kind, label_selector=label_selector)
+        return data.get("items") or [], data["metadata"]["resourceVersion"]
 
     def version(self) -> str:
         return self._call("GET", "/version", "get version")["gitVersion"]

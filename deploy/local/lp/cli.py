@@ -36,6 +36,11 @@ def write_env(cfg: Config, plane: cluster.ControlPlane) -> None:
         "PORTAL_VCLUSTER_CHART": str(tenants.chart_dir(cfg)),
         "PORTAL_GATEWAY_DOMAIN": cfg.gateway_domain,
         "PORTAL_GATEWAY_URL": cfg.gateway_url(),
+        # *.localhost resolves to loopback, so an endpoint's URL works from a browser or curl here.
+        "PORTAL_ENDPOINT_URL_TEMPLATE": "http://{host}:" + str(cfg.ports["gateway"]),
+        # GPU pods are played by KWOK and the vLLM emulator; the workers annotate pods for them.
+        "PORTAL_EMULATE": "true",
+        "PORTAL_EMULATED_LOAD_SECONDS": "3",
         "PORTAL_SECRET_KEY": services.local_secret(cfg, "portal-secret-key"),
     }
     cfg.env_file.write_text("".join(f"export {k}='{v}'\n" for k, v in lines.items()))

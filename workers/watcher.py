@@ -1,0 +1,454 @@
+"""The cluster watcher: turns what tenant clusters say into endpoint phases, conditions, progress
+and plain-language problems.
+
+One thread per (tenant cluster, kind) keeps a cache by list-then-watch, resuming from the last
+resourceVersion and re-listing on 410 Gone; it only notes which endpoints changed. One loop reads
+those endpoints (workers/status.py) and writes what changed, by compare-and-set. The database is
+touched only from that loop's thread.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import queue
+import threading
+import time
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.db import close_old_connections
+from django.utils import timezone
+
+from endpoints import actions, naming
+from endpoints.choices import EndpointPhase, TenantClusterPhase
+from endpoints.models import Endpoint, TenantCluster
+
+from . import status as st
+from .kube import Cluster, KubeError, tenant_cluster
+from .verify import Verifier
+
+log = logging.getLogger(__name__)
+P = EndpointPhase
+MANAGED = "app.kubernetes.io/managed-by=inference-portal"
+ENDPOINT_LABEL = "inference-portal.io/endpoint"
+# Failures the workers decided (bad objects, forbidden): the watcher must not paper over them.
+WORKER_FAILURES = frozenset({"Invalid", "Forbidden", "GaveUp", "InternalError"})
+WATCHED_PHASES = frozenset(
+    {
+        P.SCHEDULING,
+        P.PULLING,
+        P.DOWNLOADING_WEIGHTS,
+        P.LOADING_MODEL,
+        P.VERIFYING,
+        P.READY,
+        P.DEGRADED,
+        P.FAILED,
+    }
+)
+LOADING = frozenset({st.SCHEDULING, st.PULLING, st.DOWNLOADING_WEIGHTS, st.LOADING_MODEL, st.FAILED})
+
+
+@dataclass
+class Informer:
+    """A cache of one kind in one cluster, fed by list-then-watch."""
+
+    cluster: Cluster
+    api_version: str
+    kind: str
+    on_change: callable
+    label_selector: str | None = None
+    items: dict[tuple[str, str], dict] = field(default_factory=dict)
+    synced: threading.Event = field(default_factory=threading.Event)
+    stop: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def snapshot(self) -> list[dict]:
+        with self.lock:
+            return list(self.items.values())
+
+    def run(self) -> None:
+        delay = 0.5
+        while not self.stop.is_set():
+            try:
+                items, rv = self.cluster.list_with_version(
+                    self.api_version, self.kind, label_selector=self.label_selector
+                )
+                with self.lock:
+                    self.items = {self._key(o): o for o in items}
+                self.synced.set()
+                for obj in items:
+                    self.on_change(obj)
+                delay = 0.5
+                while not self.stop.is_set():
+                    for event in self.cluster.watch(
+                        self.api_version,
+                        self.kind,
+                        resource_version=rv,
+                        timeout_seconds=60,
+                        label_selector=self.label_selector,
+                    ):
+                        obj = event["object"]
+                        rv = obj["metadata"].get("resourceVersion", rv)
+                        if event["type"] == "BOOKMARK":
+                            continue
+                        with self.lock:
+                            if event["type"] == "DELETED":
+                                self.items.pop(self._key(obj), None)
+                            else:
+                                self.items[self._key(obj)] = obj
+                        self.on_change(obj)
+                        if self.stop.is_set():
+                            return
+            except KubeError as exc:
+                if exc.status == 410:
+                    log.info("%s %s: resourceVersion too old; re-listing", self.cluster.name, self.kind)
+                    continue
+                log.warning("%s %s: %s; re-listing in %.1fs", self.cluster.name, self.kind, exc.reason, delay)
+                self.stop.wait(delay)
+                delay = min(delay * 2, 10)
+            except Exception:  # noqa: BLE001 - keep watching; the traceback goes to the log
+                log.exception("%s %s: watch failed", self.cluster.name, self.kind)
+                self.stop.wait(delay)
+                delay = min(delay * 2, 10)
+
+    @staticmethod
+    def _key(obj: dict) -> tuple[str, str]:
+        return (obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
+
+
+class TenantWatch:
+    """The informers of one tenant cluster."""
+
+    def __init__(self, tenant_id: int, slug: str, cluster: Cluster, notify) -> None:
+        self.tenant_id, self.slug, self.cluster = tenant_id, slug, cluster
+        self.namespace = naming.namespace_for(slug)
+
+        def by_label(obj: dict) -> None:
+            name = (obj["metadata"].get("labels") or {}).get(ENDPOINT_LABEL)
+            if name:
+                notify(tenant_id, name)
+
+        def by_event(obj: dict) -> None:
+            involved = obj.get("involvedObject") or {}
+            name = involved.get("name", "")
+            if name.startswith(naming.OBJECT_PREFIX):
+                # ep-<endpoint>[-<replicaset hash>[-<pod suffix>]]: endpoints are matched in the loop
+                notify(tenant_id, None, hint=name)
+
+        self.pods = Informer(cluster, "v1", "Pod", by_label, label_selector=MANAGED)
+        self.deployments = Informer(cluster, "apps/v1", "Deployment", by_label, label_selector=MANAGED)
+        self.routes = Informer(
+            cluster, "gateway.networking.k8s.io/v1", "HTTPRoute", by_label, label_selector=MANAGED
+        )
+        self.events = Informer(cluster, "v1", "Event", by_event)
+        self.informers = [self.pods, self.deployments, self.routes, self.events]
+        for inf in self.informers:
+            threading.Thread(target=inf.run, daemon=True, name=f"watch-{slug}-{inf.kind}").start()
+
+    def stop(self) -> None:
+        for inf in self.informers:
+            inf.stop.set()
+
+    def synced(self) -> bool:
+        return all(inf.synced.is_set() for inf in self.informers)
+
+
+class Watcher:
+    def __init__(self, *, tick: float = 1.0) -> None:
+        self.tick = tick
+        self.watches: dict[int, TenantWatch] = {}
+        self.dirty: queue.Queue = queue.Queue()
+        self.last_log_fetch: dict[int, float] = {}
+        self.logs: dict[int, list[str]] = {}
+        self.verifier = Verifier()
+        self.seen_replicas: dict[int, int] = {}
+        self.recent_events: dict[str, deque] = defaultdict(lambda: deque(maxlen=20))
+
+    # -- change notifications (informer threads) -------------------------------------------
+
+    def notify(self, tenant_id: int, endpoint_name: str | None, hint: str | None = None) -> None:
+        self.dirty.put((tenant_id, endpoint_name, hint))
+
+    # -- tenant clusters -------------------------------------------------------------------
+
+    def sync_clusters(self) -> None:
+        ready = dict(
+            TenantCluster.objects.filter(phase=TenantClusterPhase.READY).values_list(
+                "tenant_id", "tenant__slug"
+            )
+        )
+        for tenant_id in list(self.watches):
+            if tenant_id not in ready:
+                self.watches.pop(tenant_id).stop()
+        for tenant_id, slug in ready.items():
+            if tenant_id in self.watches:
+                continue
+            try:
+                cluster = tenant_cluster(naming.namespace_for(slug), slug)
+            except KubeError as exc:
+                log.warning("tenant cluster %s: %s", slug, exc.reason)
+                continue
+            self.watches[tenant_id] = TenantWatch(tenant_id, slug, cluster, self.notify)
+            log.info("watching tenant cluster %s", slug)
+
+    # -- reading one endpoint --------------------------------------------------------------
+
+    def snapshot(self, endpoint: Endpoint, watch: TenantWatch) -> st.Snapshot:
+        ns, name = naming.namespace_for(endpoint.tenant), naming.object_name(endpoint)
+        pods = [
+            p
+            for p in watch.pods.snapshot()
+            if p["metadata"].get("namespace") == ns
+            and (p["metadata"].get("labels") or {}).get(ENDPOINT_LABEL) == endpoint.name
+        ]
+        deployment = next(
+            (
+                d
+                for d in watch.deployments.snapshot()
+                if d["metadata"]["namespace"] == ns and d["metadata"]["name"] == name
+            ),
+            None,
+        )
+        route = next(
+            (
+                r
+                for r in watch.routes.snapshot()
+                if r["metadata"]["namespace"] == ns and r["metadata"]["name"] == name
+            ),
+            None,
+        )
+        pod_names = {p["metadata"]["name"] for p in pods}
+        events = [
+            e
+            for e in watch.events.snapshot()
+            if (e.get("involvedObject") or {}).get("name") in pod_names | {name}
+        ]
+        events.sort(key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+        template, tier = endpoint.template, endpoint.template.tier
+        desired = (
+            endpoint.max_replicas
+            if endpoint.max_replicas == endpoint.min_replicas
+            else max(1, (deployment or {}).get("spec", {}).get("replicas") or endpoint.min_replicas)
+        )
+        return st.Snapshot(
+            tenant_ready=True,
+            deployment=deployment,
+            pods=pods,
+            events=events,
+            route=route,
+            log_lines=self.logs.get(endpoint.pk, []),
+            desired_replicas=desired,
+            tier=tier.name,
+            resource_name=tier.resource_name,
+            image=template.image.reference,
+            namespace=ns,
+            expected_load_seconds=settings.PORTAL_EMULATED_LOAD_SECONDS if settings.PORTAL_EMULATE else 120,
+            queue_position=None,
+            verified=self.verifier.verified(endpoint.pk),
+            verify_error=self.verifier.error(endpoint.pk),
+            gateway_controller=settings.PORTAL_GATEWAY_CONTROLLER,
+        )
+
+    def queue_position(self, endpoint: Endpoint) -> int:
+        """1 + how many endpoints of the same tier have waited for GPUs longer than this one."""
+        return (
+            Endpoint.objects.filter(
+                template__tier=endpoint.template.tier,
+                phase=P.SCHEDULING,
+                phase_reason="InsufficientGpu",
+                created__lt=endpoint.created,
+            ).count()
+            + 1
+        )
+
+    def fetch_logs(self, endpoint: Endpoint, watch: TenantWatch, reading: st.Reading | None) -> None:
+        """The lead pod's recent log lines, while the model loads or a pod crashes (throttled)."""
+        now = time.monotonic()
+        if now - self.last_log_fetch.get(endpoint.pk, 0) < 1.5:
+            return
+        self.last_log_fetch[endpoint.pk] = now
+        ns = naming.namespace_for(endpoint.tenant)
+        pods = [
+            p
+            for p in watch.pods.snapshot()
+            if (p["metadata"].get("labels") or {}).get(ENDPOINT_LABEL) == endpoint.name
+            and p["metadata"].get("namespace") == ns
+            and (p.get("spec") or {}).get("nodeName")
+        ]
+        if not pods:
+            return
+        pods.sort(key=lambda p: p["metadata"].get("creationTimestamp", ""), reverse=True)
+        try:
+            self.logs[endpoint.pk] = watch.cluster.pod_log(ns, pods[0]["metadata"]["name"], "vllm")
+        except KubeError:
+            pass  # no logs yet (container starting) or no log endpoint; status alone still tells a lot
+
+    def process(self, endpoint: Endpoint) -> None:
+        watch = self.watches.get(endpoint.tenant_id)
+        if watch is None or not watch.synced():
+            return
+        if endpoint.phase not in WATCHED_PHASES or (
+            endpoint.phase == P.FAILED and endpoint.phase_reason in WORKER_FAILURES
+        ):
+            return
+        snap = self.snapshot(endpoint, watch)
+        reading = st.read(snap)
+        if reading.phase in LOADING or reading.phase == st.DEGRADED:
+            self.fetch_logs(endpoint, watch, reading)
+            snap = self.snapshot(endpoint, watch)
+            reading = st.read(snap)
+        if any(p.code == "insufficient_gpu" for p in reading.problems):
+            snap.queue_position = self.queue_position(endpoint)
+            reading = st.read(snap)
+        if reading.phase == st.VERIFYING and reading.conditions["ModelLoaded"].status == "True":
+            self.verifier.request(endpoint, reading)
+        self.write(endpoint, reading)
+
+    def write(self, endpoint: Endpoint, reading: st.Reading) -> None:
+        """Write only what changed: phase by compare-and-set, then conditions, progress, replicas."""
+        if reading.phase == st.REQUESTED:
+            return  # the Deployment is gone or not yet applied: the workers' business, not ours
+        if _backwards(endpoint.phase, reading.phase):
+            # Log lines can arrive after an estimate moved the phase on; never show a step back
+            # between download and load (a real restart goes through Scheduling instead).
+            reading.phase = endpoint.phase
+        if reading.phase != endpoint.phase:
+            problem = reading.problems[0] if reading.problems else None
+            reason = _camel(problem.code) if problem else _camel(reading.phase)
+            message = f"{problem.message} {problem.fix}" if problem else PHASE_MESSAGES.get(reading.phase, "")
+            try:
+                actions.transition_endpoint(
+                    endpoint.pk, expected=endpoint.phase, new=reading.phase, reason=reason, message=message
+                )
+            except Exception as exc:  # noqa: BLE001 - an illegal step is logged, not fatal to the loop
+                log.warning("endpoint %s: %s", endpoint.pk, exc)
+        elif reading.problems:
+            problem = reading.problems[0]
+            reason, message = _camel(problem.code), f"{problem.message} {problem.fix}"[:500]
+            if (endpoint.phase_reason, endpoint.phase_message) != (reason, message):
+                Endpoint.objects.filter(pk=endpoint.pk, phase=endpoint.phase).update(
+                    phase_reason=reason, phase_message=message
+                )
+        current = {c["type"]: c for c in endpoint.conditions or []}
+        for ctype, cond in reading.conditions.items():
+            old = current.get(ctype)
+            if old is None or (old.get("status"), old.get("reason"), old.get("message")) != (
+                cond.status,
+                cond.reason,
+                cond.message[:500],
+            ):
+                actions.set_endpoint_condition(
+                    endpoint.pk, ctype, cond.status, cond.reason or ctype, cond.message[:500]
+                )
+        progress = reading.progress if reading.phase != st.READY else 100
+        if endpoint.load_progress != progress:
+            actions.record_observation(endpoint.pk, load_progress=progress)
+        if self.seen_replicas.get(endpoint.pk) != reading.ready_replicas:
+            actions.record_running_replicas(endpoint.pk, reading.ready_replicas)
+            self.seen_replicas[endpoint.pk] = reading.ready_replicas
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def endpoints_for(self, keys: set[tuple[int, str | None, str | None]]) -> list[Endpoint]:
+        by_tenant: dict[int, set[str]] = defaultdict(set)
+        hinted: dict[int, set[str]] = defaultdict(set)
+        for tenant_id, name, hint in keys:
+            if name:
+                by_tenant[tenant_id].add(name)
+            elif hint:
+                hinted[tenant_id].add(hint)
+        qs = Endpoint.objects.select_related("tenant", "template", "template__tier", "template__image")
+        found: dict[int, Endpoint] = {}
+        for tenant_id, names in by_tenant.items():
+            for ep in qs.filter(tenant_id=tenant_id, name__in=names, phase__in=WATCHED_PHASES):
+                found[ep.pk] = ep
+        for tenant_id, hints in hinted.items():
+            for ep in qs.filter(tenant_id=tenant_id, phase__in=WATCHED_PHASES):
+                obj = naming.object_name(ep)
+                if any(h == obj or h.startswith(obj + "-") for h in hints):
+                    found[ep.pk] = ep
+        return list(found.values())
+
+    def loading_endpoints(self) -> list[Endpoint]:
+        """Endpoints whose progress moves without cluster events (logs, elapsed time, the gate)."""
+        return list(
+            Endpoint.objects.select_related("tenant", "template", "template__tier", "template__image").filter(
+                tenant_id__in=list(self.watches),
+                phase__in=[
+                    P.PULLING,
+                    P.DOWNLOADING_WEIGHTS,
+                    P.LOADING_MODEL,
+                    P.VERIFYING,
+                    P.SCHEDULING,
+                    P.DEGRADED,
+                    P.FAILED,
+                ],
+            )
+        )
+
+    def run_once(self, timeout: float) -> int:
+        keys: set = set()
+        try:
+            keys.add(self.dirty.get(timeout=timeout))
+            while True:
+                keys.add(self.dirty.get_nowait())
+        except queue.Empty:
+            pass
+        endpoints = self.endpoints_for(keys) if keys else []
+        for endpoint in endpoints:
+            self.process(endpoint)
+        return len(endpoints)
+
+    def run(self, stop: threading.Event | None = None) -> None:
+        stop = stop or threading.Event()
+        next_sync = next_tick = 0.0
+        while not stop.is_set():
+            close_old_connections()
+            now = time.monotonic()
+            if now >= next_sync:
+                self.sync_clusters()
+                next_sync = now + 5
+            if now >= next_tick:
+                for endpoint in self.loading_endpoints():
+                    self.process(endpoint)
+                next_tick = now + self.tick
+            try:
+                self.run_once(timeout=min(0.5, self.tick))
+            except Exception:  # noqa: BLE001 - one bad endpoint must not stop the watcher
+                log.exception("watcher loop failed; continuing")
+                time.sleep(1)
+        for watch in self.watches.values():
+            watch.stop()
+
+
+PHASE_MESSAGES = {
+    st.SCHEDULING: "Waiting for a GPU node.",
+    st.PULLING: "Pulling the runtime image.",
+    st.DOWNLOADING_WEIGHTS: "Downloading the model weights.",
+    st.LOADING_MODEL: "Loading the model into GPU memory.",
+    st.VERIFYING: "Sending a first request through the gateway.",
+    st.READY: "Serving.",
+    st.DEGRADED: "Serving, but not every replica is healthy.",
+    st.FAILED: "The endpoint failed.",
+}
+
+
+STARTUP_ORDER = [st.PULLING, st.DOWNLOADING_WEIGHTS, st.LOADING_MODEL, st.VERIFYING]
+
+
+def _backwards(current: str, new: str) -> bool:
+    return (
+        current in STARTUP_ORDER
+        and new in STARTUP_ORDER
+        and STARTUP_ORDER.index(new) < STARTUP_ORDER.index(current)
+    )
+
+
+def _camel(code: str) -> str:
+    return "".join(part.capitalize() for part in code.split("_")).replace("Gpu", "Gpu")
+
+
+def now() -> dt.datetime:
+    return timezone.now()
