@@ -250,9 +250,11 @@ def test_a_hand_deleted_service_is_restored_by_the_reconcile_and_no_drift_writes
     ],
 )
 def test_a_worker_killed_between_steps_converges_after_restart_without_duplicates(
-    point, platform, stack_env, catalog, make_tenant, tmp_path
+    point, platform, stack_env, worker, watcher, catalog, make_tenant, tmp_path
 ):
     from tests.integration.conftest import Proc
+
+    worker.stop()  # the doomed worker must be the one that takes the task
 
     env = {
         **stack_env,
@@ -298,6 +300,8 @@ def test_a_worker_killed_between_steps_converges_after_restart_without_duplicate
         wait_for(converged, timeout=240, interval=3, what=f"convergence after a kill at {point}")
     finally:
         rescuer.stop()
+        doomed.kill()
+        worker.start()
     c, ns = cluster_for(tenant), naming.namespace_for(tenant)
     assert len(c.list("apps/v1", "Deployment", ns)["items"]) == 1
     assert len(c.list("v1", "Service", ns)["items"]) == 1
@@ -310,3 +314,40 @@ def test_a_worker_killed_between_steps_converges_after_restart_without_duplicate
         check=True,
     ).stdout.split()
     assert releases == [tenant.slug]
+
+
+def test_a_30_second_api_server_outage_mid_deploy_recovers_without_help(
+    stack, catalog, make_tenant, platform
+):
+    import time
+
+    tenant = make_tenant()
+    first = actions.request_endpoint(
+        None, tenant=tenant, template=catalog["template"], name="before", min_replicas=1, max_replicas=1
+    )
+    applied(first.pk)
+    pidfile = platform.cfg.run / f"vc-t-{tenant.slug}-{tenant.slug}-apiserver.pid"
+    pid = int(pidfile.read_text())
+
+    # Freeze the tenant's API server: connections hang, as when it is unreachable.
+    os.kill(pid, signal.SIGSTOP)
+    stopped_at = time.monotonic()
+    try:
+        ep = actions.request_endpoint(
+            None, tenant=tenant, template=catalog["template"], name="during", min_replicas=1, max_replicas=1
+        )
+        wait_for(
+            lambda: Endpoint.objects.get(pk=ep.pk).observed_generation == 0,
+            timeout=5,
+            what="the deploy to start",
+        )
+        # The outage itself lasts 30 s; nothing here waits for the portal.
+        time.sleep(max(0.0, 30 - (time.monotonic() - stopped_at)))
+        assert Endpoint.objects.get(pk=ep.pk).observed_generation == 0  # nothing could be applied meanwhile
+    finally:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass  # the vCluster emulator replaced it; the new one serves the same etcd prefix
+    reaches(ep.pk, P.READY, timeout=240)
+    reaches(first.pk, P.READY, timeout=120)  # the one caught half-way converges too
