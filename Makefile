@@ -34,9 +34,8 @@ platform-status: venv
 migrate: platform
 	set -a && . $(ENV_FILE) && set +a && $(PY) manage.py migrate --noinput
 
-demo: platform
-	@echo "The local platform is up. The portal itself arrives with the later issues."
-	@echo "Environment: $(ENV_FILE)"
+demo: venv binaries
+	$(PY) deploy/local/demo.py
 
 lint: venv
 	$(VENV)/bin/ruff check .

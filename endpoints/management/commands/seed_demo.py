@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from decimal import Decimal
+from pathlib import Path
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
@@ -201,10 +202,21 @@ class Command(BaseCommand):
         parser.add_argument(
             "--reset-passwords", action="store_true", help="give existing demo users new passwords"
         )
+        parser.add_argument(
+            "--credentials-file",
+            help="keep the demo passwords in this file (mode 600): reuse those it holds, record new ones, "
+            "and always print them (used by `make demo`)",
+        )
 
     @transaction.atomic
-    def handle(self, *args, reset_passwords: bool = False, **options) -> None:
-        logins = self._users(reset_passwords)
+    def handle(
+        self, *args, reset_passwords: bool = False, credentials_file: str | None = None, **options
+    ) -> None:
+        known = self._read_credentials(credentials_file)
+        logins = self._users(reset_passwords, known if credentials_file else None)
+        if credentials_file:
+            self._write_credentials(credentials_file, {**known, **logins})
+            logins = {**known, **logins}
         staff = get_user_model().objects.get(username="admin")
 
         for tier in TIERS:
@@ -253,7 +265,24 @@ class Command(BaseCommand):
             where = ", ".join(f"{role} of {slug}" for slug, role in roles) or "staff (admin site at /admin/)"
             self.stdout.write(f"  {username:<8} {logins.get(username, '(unchanged)'):<20} {where}")
 
-    def _users(self, reset: bool) -> dict[str, str]:
+    @staticmethod
+    def _read_credentials(path: str | None) -> dict[str, str]:
+        if not path or not Path(path).exists():
+            return {}
+        pairs = (line.split(":", 1) for line in Path(path).read_text().splitlines() if ":" in line)
+        return {user: password for user, password in pairs}
+
+    @staticmethod
+    def _write_credentials(path: str, logins: dict[str, str]) -> None:
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.touch(mode=0o600, exist_ok=True)
+        target.chmod(0o600)
+        target.write_text("".join(f"{user}:{password}\n" for user, password in sorted(logins.items())))
+
+    def _users(self, reset: bool, known: dict[str, str] | None = None) -> dict[str, str]:
+        """Create the demo users. Passwords are set for new users, on --reset-passwords, and (with a
+        credentials file) for users the file does not know, so every login it prints works."""
         passwords: dict[str, str] = {}
         User = get_user_model()  # noqa: N806
         for username, staff, _roles in USERS:
@@ -261,7 +290,10 @@ class Command(BaseCommand):
                 username=username,
                 defaults={"is_staff": staff, "is_superuser": staff, "email": f"{username}@example.com"},
             )
-            if created or reset:
+            unknown = known is not None and (
+                username not in known or not user.check_password(known[username])
+            )
+            if created or reset or unknown:
                 password = secrets.token_urlsafe(12)
                 user.set_password(password)
                 user.save(update_fields=["password"])
