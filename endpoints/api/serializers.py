@@ -14,6 +14,7 @@ from endpoints.models import (
     ApiToken,
     Endpoint,
     EndpointEvent,
+    EndpointKey,
     EndpointUsage,
     GpuTier,
     Membership,
@@ -479,3 +480,23 @@ class NewApiTokenSerializer(ApiTokenSerializer):
 
     class Meta(ApiTokenSerializer.Meta):
         fields = [*ApiTokenSerializer.Meta.fields, "secret"]
+
+
+class EndpointKeySerializer(PortalModelSerializer):
+    """A key applications call one endpoint with. Only a hash is stored; the key is in the create
+    response only."""
+
+    prefix = serializers.CharField(source="display_prefix", read_only=True)
+    name = bounded_text(64)
+
+    class Meta:
+        model = EndpointKey
+        fields = ["id", "name", "prefix", "created", "revoked_at"]
+        read_only_fields = ["created", "revoked_at"]
+
+
+class NewEndpointKeySerializer(EndpointKeySerializer):
+    key = serializers.CharField(read_only=True, help_text="The key. Shown only in this response.")
+
+    class Meta(EndpointKeySerializer.Meta):
+        fields = [*EndpointKeySerializer.Meta.fields, "key"]

@@ -18,6 +18,7 @@ router.register("tenants", views.TenantViewSet, basename="tenant")
 router.register(
     r"tenants/(?P<tenant_slug>[a-z][a-z0-9]*)/members", views.MembershipViewSet, basename="tenant-member"
 )
+router.register(r"endpoints/(?P<endpoint_pk>[0-9]+)/keys", views.EndpointKeyViewSet, basename="endpoint-key")
 router.register("tokens", views.ApiTokenViewSet, basename="token")
 
 urlpatterns = router.urls

@@ -21,6 +21,7 @@ from endpoints.models import (
     ApiToken,
     Endpoint,
     EndpointEvent,
+    EndpointKey,
     GpuTier,
     Membership,
     Model,
@@ -214,6 +215,14 @@ class EndpointViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, PortalVi
         endpoint = actions.scale_endpoint(request.user, self.get_object(), **data)
         return self.respond(self.get_queryset().get(pk=endpoint.pk))
 
+    @extend_schema(request=None, responses=s.EndpointSerializer)
+    @action(detail=True, methods=["post"])
+    @idempotent
+    def redeploy(self, request, pk=None):
+        """Try a failed endpoint again."""
+        endpoint = actions.redeploy_endpoint(request.user, self.get_object())
+        return self.respond(self.get_queryset().get(pk=endpoint.pk))
+
     @extend_schema(responses=s.EndpointEventSerializer(many=True))
     @action(detail=True, methods=["get"], filterset_class=None, pagination_class=Pagination)
     def events(self, request, pk=None):
@@ -221,6 +230,33 @@ class EndpointViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, PortalVi
         events = EndpointEvent.objects.filter(endpoint=self.get_object()).order_by("created", "id")
         page = self.paginate_queryset(events)
         return self.get_paginated_response(s.EndpointEventSerializer(page, many=True).data)
+
+
+class EndpointKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, PortalViewSet):
+    """Keys for calling one endpoint (Authorization: Bearer <key>). The key is in the create
+    response only; DELETE revokes it. Members create and revoke; viewers list."""
+
+    serializer_class = s.EndpointKeySerializer
+
+    def get_endpoint(self) -> Endpoint:
+        return get_object_or_404(Endpoint.objects.for_user(self.request.user), pk=self.kwargs["endpoint_pk"])
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return EndpointKey.objects.none()
+        return EndpointKey.objects.filter(endpoint=self.get_endpoint()).select_related("endpoint__tenant")
+
+    @extend_schema(responses={201: s.NewEndpointKeySerializer})
+    @idempotent(redact=("key",))
+    def create(self, request, endpoint_pk=None):
+        data = self.valid_data()
+        issued = actions.create_endpoint_key(request.user, self.get_endpoint(), name=data["name"])
+        issued.key.key = issued.raw  # for this one response
+        return self.respond(issued.key, status.HTTP_201_CREATED, s.NewEndpointKeySerializer)
+
+    def destroy(self, request, endpoint_pk=None, pk=None):
+        actions.revoke_endpoint_key(request.user, self.get_object())
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 # Tenants, members, quotas -------------------------------------------------------------------
