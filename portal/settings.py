@@ -148,6 +148,10 @@ PORTAL_TENANT_CLUSTER_TIMEOUT = env_int("PORTAL_TENANT_CLUSTER_TIMEOUT", 300, mi
 # A worker that claimed a tenant cluster's install and then went silent this long is presumed dead.
 PORTAL_CLAIM_STALE_SECONDS = env_int("PORTAL_CLAIM_STALE_SECONDS", 420, minimum=5)
 
+# A Hugging Face token for gated models, put into each tenant namespace's Secret hf-token (the
+# Deployment reads it by secretKeyRef, never inline). Give it as PORTAL_HF_TOKEN_FILE in production.
+PORTAL_HF_TOKEN = env_str("PORTAL_HF_TOKEN", "")
+
 # The shared Gateway that endpoint routes attach to, and the domain their hostnames live under.
 PORTAL_GATEWAY_NAME = env_str("PORTAL_GATEWAY_NAME", "shared-inference")
 PORTAL_GATEWAY_NAMESPACE = env_str("PORTAL_GATEWAY_NAMESPACE", "shared-gateways")

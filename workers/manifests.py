@@ -269,6 +269,24 @@ def render_namespace(tenant: str, namespace: str, *, host: bool = False) -> dict
     return doc
 
 
+def render_hf_token_secret(tenant: str, namespace: str, token: str) -> dict:
+    """The Secret the vLLM pods read HUGGING_FACE_HUB_TOKEN from (built here, not templated, so the
+    token never passes through a text template)."""
+    _check(bool(DNS_LABEL.match(namespace)), f"namespace {namespace!r} is not a DNS label")
+    _check(0 < len(token) <= 512 and token.isprintable() and " " not in token, "the HF token is malformed")
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": "hf-token",
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/managed-by": MANAGED_BY, "inference-portal.io/tenant": tenant},
+        },
+        "stringData": {"token": token},
+    }
+
+
 def render_role_binding(namespace: str, cluster_role: str, service_account: str, sa_namespace: str) -> dict:
     """Bind the worker's tenant-namespace ClusterRole to itself inside a tenant's host namespace."""
     for value in (namespace, service_account, sa_namespace):

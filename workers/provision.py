@@ -168,7 +168,12 @@ def owned_by(doc: dict, deployment: dict) -> dict:
 def apply_endpoint(cluster: Cluster, endpoint: Endpoint) -> int:
     """Apply the namespace and the endpoint's objects; the Deployment first, then its companions
     owned by it, so deleting the Deployment leaves nothing behind. Returns how many were applied."""
-    cluster.apply(manifests.render_namespace(endpoint.tenant.slug, naming.namespace_for(endpoint.tenant)))
+    namespace = naming.namespace_for(endpoint.tenant)
+    cluster.apply(manifests.render_namespace(endpoint.tenant.slug, namespace))
+    if settings.PORTAL_HF_TOKEN:
+        cluster.apply(
+            manifests.render_hf_token_secret(endpoint.tenant.slug, namespace, settings.PORTAL_HF_TOKEN)
+        )
     docs = desired_objects(cluster, endpoint)
     (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
     failpoints.hit("before-deployment")

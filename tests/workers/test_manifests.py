@@ -150,3 +150,12 @@ def test_the_namespace_allows_routes_and_enforces_baseline_pod_security():
     ns = render_namespace("acme", "t-acme")
     assert ns["metadata"]["labels"]["inference-portal.io/route-access"] == "allowed"
     assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "baseline"
+
+
+def test_the_hf_token_secret_holds_the_token_and_refuses_malformed_ones():
+    from workers.manifests import render_hf_token_secret
+
+    secret = render_hf_token_secret("acme", "t-acme", "hf_abc123")
+    assert secret["stringData"] == {"token": "hf_abc123"} and secret["metadata"]["name"] == "hf-token"
+    with pytest.raises(ManifestError, match="malformed"):
+        render_hf_token_secret("acme", "t-acme", "hf abc\nkind: x")
