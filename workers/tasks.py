@@ -101,26 +101,25 @@ def delete_endpoint(self, endpoint_id: int) -> str:
     return _run(self, "delete", endpoint_id, provision.delete)
 
 
+def _tenant_task(task, fn: Callable[[int], object], tenant_id: int, done: str) -> str:
+    """Tenant-cluster work: transient failures retry with backoff; the rest propagate to Celery."""
+    try:
+        fn(tenant_id)
+    except TransientKubeError as exc:
+        raise task.retry(
+            countdown=backoff(task.request.retries), exc=exc, max_retries=MAX_TRANSIENT_RETRIES
+        ) from None
+    return done
+
+
 @shared_task(bind=True, acks_late=True, name="workers.tasks.ensure_tenant_cluster")
 def ensure_tenant_cluster(self, tenant_id: int) -> str:
-    try:
-        _ensure_tenant_cluster(tenant_id)
-    except TransientKubeError as exc:
-        raise self.retry(
-            countdown=backoff(self.request.retries), exc=exc, max_retries=MAX_TRANSIENT_RETRIES
-        ) from None
-    return "ready"
+    return _tenant_task(self, _ensure_tenant_cluster, tenant_id, "ready")
 
 
 @shared_task(bind=True, acks_late=True, name="workers.tasks.delete_tenant_cluster")
 def delete_tenant_cluster(self, tenant_id: int) -> str:
-    try:
-        _delete_tenant_cluster(tenant_id)
-    except TransientKubeError as exc:
-        raise self.retry(
-            countdown=backoff(self.request.retries), exc=exc, max_retries=MAX_TRANSIENT_RETRIES
-        ) from None
-    return "deleted"
+    return _tenant_task(self, _delete_tenant_cluster, tenant_id, "deleted")
 
 
 @shared_task(name="workers.tasks.reconcile")
