@@ -24,15 +24,23 @@ def add_domain_error(form: forms.Form, exc: DomainError) -> None:
         target = field.split(".", 1)[0]
         target = target if target in form.fields else None
         for message in messages:
-            text = message if target is None else _sentence(message)
-            form.add_error(target, text)
+            form.add_error(target, _next_to(form, target, message))
             placed = True
     if not placed:
         form.add_error(None, _sentence(exc.message))
 
 
+def _next_to(form: forms.Form, field: str | None, message: str) -> str:
+    """Domain messages read after the field's name ("must be at most 40 characters"): next to a
+    field, they get its label in front ("Max replicas must be ..."); at the top, a capital."""
+    message = message.strip()
+    if field is not None and message[:1].islower():
+        label = form.fields[field].label or field.replace("_", " ").capitalize()
+        return f"{label} {message}"
+    return _sentence(message)
+
+
 def _sentence(message: str) -> str:
-    """Field messages read after the field name ("must be at most 40"); next to a field, as a sentence."""
     message = message.strip()
     return message[:1].upper() + message[1:] if message else message
 

@@ -81,3 +81,37 @@ def percent_of(used, limit) -> int:
 @register.filter
 def get_item(mapping, key):
     return (mapping or {}).get(key)
+
+
+@register.filter
+def thousands(value) -> str:
+    """455115 -> 455,115."""
+    try:
+        return f"{int(value):,}"
+    except (TypeError, ValueError):
+        return str(value)
+
+
+@register.filter
+def params(count) -> str:
+    """A parameter count as people say it: 7615616512 -> 7.6B, 70000000000 -> 70B, 500000000 -> 500M."""
+    count = int(count or 0)
+    for size, suffix in ((10**12, "T"), (10**9, "B"), (10**6, "M")):
+        if count >= size:
+            value = count / size
+            text = f"{value:.1f}".rstrip("0").rstrip(".") if value < 100 else f"{value:.0f}"
+            return f"{text}{suffix}"
+    return str(count)
+
+
+@register.filter
+def ago(moment) -> str:
+    """'just now' under a minute, else Django's timesince with 'ago'."""
+    from django.utils import timezone
+    from django.utils.timesince import timesince
+
+    if not moment:
+        return ""
+    if (timezone.now() - moment).total_seconds() < 60:
+        return "just now"
+    return f"{timesince(moment)} ago"

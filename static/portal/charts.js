@@ -11,6 +11,7 @@
   var plots = [];
   var COLORS = ["#2554c7", "#d0742a", "#127a3e", "#8e44ad", "#b42318"];
 
+  // Values with their unit, for the figure above a chart and the cursor legend.
   function format(value, unit) {
     if (value === null || value === undefined || isNaN(value)) return "—";
     var abs = Math.abs(value);
@@ -19,10 +20,27 @@
       return value.toFixed(abs < 10 ? 2 : 1) + " s";
     }
     if (unit === "%" || unit === "percent") return value.toFixed(abs < 10 ? 1 : 0) + "%";
-    if (unit === "ratio" || unit === "fraction") return (value * 100).toFixed(1) + "%";
-    var text = abs >= 1000 ? (value / 1000).toFixed(1) + "k" : value.toFixed(abs < 10 ? 2 : 1);
-    return unit ? text + " " + unit : text;
+    if (unit === "ratio" || unit === "fraction") return (value * 100).toFixed(abs < 0.1 ? 1 : 0) + "%";
+    return compact(value) + (unit ? " " + unit : "");
   }
+
+  // Axis ticks: short, no unit (the chart's title says it).
+  function tick(value, unit) {
+    if (value === null || value === undefined) return "";
+    if (unit === "s") return Math.abs(value) < 1 ? Math.round(value * 1000) + "ms" : +value.toFixed(2) + "s";
+    if (unit === "ratio" || unit === "fraction") return Math.round(value * 100) + "%";
+    return compact(value);
+  }
+
+  function compact(value) {
+    var abs = Math.abs(value);
+    if (abs >= 1e6) return +(value / 1e6).toFixed(1) + "M";
+    if (abs >= 1e3) return +(value / 1e3).toFixed(1) + "k";
+    if (abs >= 10 || value === Math.round(value)) return String(Math.round(value));
+    return String(+value.toFixed(2));
+  }
+
+  var UNIT_WORDS = { s: "seconds", "req/s": "per second", requests: "requests" };
 
   function align(series) {
     // uPlot wants one shared x array; series may have been sampled at the same steps (PromQL
@@ -64,14 +82,17 @@
       chartsEl.appendChild(box);
       var series = panel.series || [];
       var data = align(series);
-      var hasData = data[0].length > 0 && data.slice(1).some(function (v) { return lastValue(v) !== null; });
-      latest.textContent = hasData
-        ? series.map(function (s, i) { return (series.length > 1 ? s.label + " " : "") + format(lastValue(data[i + 1]), panel.unit); }).join(" · ")
-        : "—";
+      head.textContent = panel.title + (UNIT_WORDS[panel.unit] ? " (" + UNIT_WORDS[panel.unit] + ")" : "");
+      var hasData = data[0].length > 1 && data.slice(1).some(function (v) { return lastValue(v) !== null; });
+      var figures = series.map(function (s, i) {
+        var now = s.current !== undefined && s.current !== null ? s.current : lastValue(data[i + 1]);
+        return (series.length > 1 ? s.label + " " : "") + format(now, panel.unit);
+      });
+      latest.textContent = figures.join(" · ");
       if (!hasData) {
         var empty = document.createElement("div");
         empty.className = "chart-empty";
-        empty.textContent = "No data";
+        empty.textContent = "No data in this window yet";
         box.appendChild(empty);
         return;
       }
@@ -81,10 +102,13 @@
         height: 150,
         legend: { show: series.length > 1 },
         cursor: { drag: { x: false, y: false } },
-        scales: { x: { time: true } },
+        scales: {
+          x: { time: true, range: payload.start && payload.end ? [payload.start, payload.end] : null },
+          y: { range: function (u, min, max) { return [Math.min(0, min), max > 0 ? max * 1.1 : 1]; } },
+        },
         axes: [
           { stroke: "#5b6675", grid: { stroke: "#eef0f3" }, size: 30 },
-          { stroke: "#5b6675", grid: { stroke: "#eef0f3" }, size: 56, values: function (u, vals) { return vals.map(function (v) { return format(v, panel.unit); }); } },
+          { stroke: "#5b6675", grid: { stroke: "#eef0f3" }, size: 48, values: function (u, vals) { return vals.map(function (v) { return tick(v, panel.unit); }); } },
         ],
         series: [{}].concat(series.map(function (s, i) {
           return { label: s.label, stroke: COLORS[i % COLORS.length], width: 2, spanGaps: false,
