@@ -343,6 +343,12 @@ class Watcher:
                     endpoint.pk, ctype, cond.status, cond.reason or ctype, cond.message[:500]
                 )
         progress = reading.progress if reading.phase != st.READY else 100
+        if reading.phase == endpoint.phase and reading.phase in STARTUP_ORDER and endpoint.load_progress:
+            # Within one stage the bar only moves forward: a late log line or an estimate from an
+            # earlier stage must not pull it back (a restart goes through Scheduling and resets it).
+            progress = max(progress, endpoint.load_progress)
+        if reading.phase == st.SCHEDULING:
+            progress = min(progress, STAGE_FLOOR_SCHEDULING)
         if endpoint.load_progress != progress:
             actions.record_observation(endpoint.pk, load_progress=progress)
         if self.seen_replicas.get(endpoint.pk) != reading.ready_replicas:
@@ -436,6 +442,7 @@ PHASE_MESSAGES = {
 
 
 STARTUP_ORDER = [st.PULLING, st.DOWNLOADING_WEIGHTS, st.LOADING_MODEL, st.VERIFYING]
+STAGE_FLOOR_SCHEDULING = st.STAGE_SPANS[st.SCHEDULING][1]
 
 
 def _backwards(current: str, new: str) -> bool:

@@ -251,3 +251,20 @@ def test_one_of_two_replicas_crashing_is_degraded_not_failed():
     assert r.phase == st.DEGRADED
     assert r.ready_replicas == 1
     assert codes(r) == ["oom_killed"]
+
+
+def test_the_watcher_never_moves_the_bar_back_within_a_stage(monkeypatch):
+    from types import SimpleNamespace
+
+    from workers import watcher as w
+
+    calls = []
+    monkeypatch.setattr(w.actions, "record_observation", lambda pk, **kw: calls.append(kw["load_progress"]))
+    monkeypatch.setattr(w.actions, "set_endpoint_condition", lambda *a, **k: None)
+    monkeypatch.setattr(w.actions, "record_running_replicas", lambda *a, **k: None)
+    endpoint = SimpleNamespace(pk=1, phase=st.LOADING_MODEL, phase_reason="", phase_message="", conditions=[],
+                               load_progress=80)
+    early = st.Reading(phase=st.DOWNLOADING_WEIGHTS, stage=st.DOWNLOADING_WEIGHTS, stage_percent=50, progress=50,
+                       conditions={}, problems=[])
+    w.Watcher.write(SimpleNamespace(seen_replicas={1: 0}), endpoint, early)
+    assert calls == []  # the phase stays Loading and the bar stays at 80
