@@ -596,6 +596,8 @@ def request_endpoint(
     require_role(actor, tenant, Role.MEMBER, "request endpoints")
     with transaction.atomic():
         quota = Quota.objects.select_for_update(of=("self",)).select_related("tenant").get(tenant=tenant)
+        if quota.tenant.deleted_at is not None:
+            raise ValidationFailed.for_field("tenant", f"{tenant.slug} has been deleted")
         template = Template.objects.select_related("tier", "image").get(pk=template.pk)
         # So that a concurrent retire_model either sees this endpoint (and flags it) or commits
         # before we read the status.
@@ -1004,4 +1006,27 @@ def redeploy_endpoint(actor: Actor, endpoint: Endpoint) -> Endpoint:
             after=snapshot(locked),
         )
         dispatch.enqueue_deploy(locked.pk)
+    return locked
+
+
+def delete_tenant(actor: Actor, tenant: Tenant) -> Tenant:
+    """Delete a tenant (staff): its live endpoints are deleted, and once they are gone the workers
+    remove its tenant cluster. Its rows stay, for the audit log and the cost history."""
+    require_staff(actor, "delete tenants")
+    with transaction.atomic():
+        locked = Tenant.objects.select_for_update().get(pk=tenant.pk)
+        if locked.deleted_at is not None:
+            return locked
+        before = snapshot(locked)
+        live = list(
+            Endpoint.objects.filter(tenant=locked).exclude(
+                phase__in=[EndpointPhase.DELETING, EndpointPhase.DELETED]
+            )
+        )
+        for endpoint in live:
+            delete_endpoint(actor, endpoint)
+        locked.deleted_at = timezone.now()
+        locked.save(update_fields=["deleted_at"])
+        audit(actor, AuditVerb.TENANT_DELETE, locked, tenant=locked, before=before, after=snapshot(locked))
+        dispatch.enqueue_delete_tenant_cluster(locked.pk)
     return locked

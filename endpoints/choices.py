@@ -289,3 +289,4 @@ class AuditVerb(models.TextChoices):
     ENDPOINT_KEY_CREATE = "endpoint_key.create"
     ENDPOINT_KEY_REVOKE = "endpoint_key.revoke"
     ENDPOINT_REDEPLOY = "endpoint.redeploy"
+    TENANT_DELETE = "tenant.delete"

@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 DEPLOY = "workers.tasks.deploy_endpoint"
 SCALE = "workers.tasks.scale_endpoint"
 DELETE = "workers.tasks.delete_endpoint"
+DELETE_TENANT_CLUSTER = "workers.tasks.delete_tenant_cluster"
 
 
 def send_task(name: str, endpoint_id: int) -> None:
@@ -46,3 +47,8 @@ def enqueue_scale(endpoint_id: int) -> None:
 def enqueue_delete(endpoint_id: int) -> None:
     """Remove the endpoint's objects, then mark it deleted."""
     _enqueue(DELETE, endpoint_id)
+
+
+def enqueue_delete_tenant_cluster(tenant_id: int) -> None:
+    """Remove a deleted tenant's vCluster once its endpoints are gone (the task waits for them)."""
+    _enqueue(DELETE_TENANT_CLUSTER, tenant_id)

@@ -172,8 +172,15 @@ def ensure_tenant_cluster(tenant_id: int) -> Cluster:
 
 def delete_tenant_cluster(tenant_id: int) -> bool:
     """Uninstall the tenant's vCluster and remove its host namespace. True when nothing is left."""
+    from endpoints.choices import EndpointPhase
+    from endpoints.models import Endpoint
+
     tenant = Tenant.objects.get(pk=tenant_id)
     namespace = naming.namespace_for(tenant)
+    remaining = Endpoint.objects.filter(tenant=tenant).exclude(phase=EndpointPhase.DELETED).count()
+    if remaining:
+        # Endpoints drain first (their pods finish their streams); then the cluster goes.
+        raise TransientKubeError(f"waiting for {remaining} endpoint(s) of {tenant.slug} to be deleted")
     TenantCluster.objects.filter(tenant=tenant).update(
         phase=P.DELETING, message="Removing the tenant cluster."
     )

@@ -24,6 +24,9 @@ class Tenant(models.Model):
     )
     name = models.CharField(max_length=100)
     created = models.DateTimeField(auto_now_add=True)
+    deleted_at = models.DateTimeField(
+        null=True, blank=True, help_text="Set when the tenant was deleted; its rows stay for history and cost"
+    )
 
     objects = TenantQuerySet.as_manager()
 

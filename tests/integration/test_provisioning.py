@@ -351,3 +351,25 @@ def test_a_30_second_api_server_outage_mid_deploy_recovers_without_help(
             pass  # the vCluster emulator replaced it; the new one serves the same etcd prefix
     reaches(ep.pk, P.READY, timeout=240)
     reaches(first.pk, P.READY, timeout=120)  # the one caught half-way converges too
+
+
+def test_deleting_a_tenant_removes_its_endpoints_and_then_its_tenant_cluster(
+    stack, catalog, make_tenant, platform
+):
+    from tests.factories import make_user
+    from workers.kube import host_cluster
+
+    tenant = make_tenant("gone", own_cluster=True)
+    ep = actions.request_endpoint(
+        None, tenant=tenant, template=catalog["template"], name="last", min_replicas=1, max_replicas=1
+    )
+    applied(ep.pk)
+    actions.delete_tenant(make_user(staff=True), tenant)
+    reaches(ep.pk, P.DELETED, timeout=120)
+    wait_for(
+        lambda: TenantCluster.objects.filter(tenant=tenant, phase="deleted").exists(),
+        timeout=180,
+        what="the tenant cluster to be removed",
+    )
+    assert host_cluster().get("v1", "Namespace", naming.namespace_for(tenant)) is None
+    assert not list(platform.cfg.run.glob(f"vc-t-{tenant.slug}-*.pid"))
