@@ -799,7 +799,11 @@ def set_endpoint_condition(
             endpoint.conditions, type_, status, reason, message, timezone.now()
         )
         endpoint.save(update_fields=["conditions", "updated"])
-        if old is None or old.get("status") != status:
+        # The timeline shows changes: a condition's first report is news only when it is True
+        # (its first False says nothing the phase event has not said already).
+        if (old is None and status == ConditionStatus.TRUE) or (
+            old is not None and old.get("status") != status
+        ):
             kind = event_type or (EventType.NORMAL if status == ConditionStatus.TRUE else EventType.WARNING)
             _event(endpoint, reason, message, kind)
     return endpoint

@@ -158,7 +158,20 @@ def _parse_time(value: str | None) -> dt.datetime | None:
     return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
-def scheduling_problem(s: Snapshot, message: str) -> Problem:
+def scheduling_problem(s: Snapshot, message: str) -> Problem | None:
+    """Why the pod waits, or None when the wait is progress (a GPU node is joining)."""
+    autoscaling = next(
+        (e for e in reversed(s.events) if e.get("reason") in ("TriggeredScaleUp", "NotTriggerScaleUp")), None
+    )
+    if autoscaling is not None and autoscaling["reason"] == "TriggeredScaleUp":
+        return None  # Auto Nodes is bringing a GPU node of the tier into the tenant cluster
+    if autoscaling is not None:
+        position = f" It is number {s.queue_position} in the queue for this tier." if s.queue_position else ""
+        return Problem(
+            "insufficient_gpu",
+            f"The {s.tier or 'requested'} tier is full: no free GPU node can join this tenant cluster.{position}",
+            "Wait for capacity to free up, lower the replica count, or pick a template on another tier.",
+        )
     match = INSUFFICIENT_RE.search(message)
     if match and match.group(1) not in ("cpu", "memory", "pods", "ephemeral-storage"):
         position = f" It is number {s.queue_position} in the queue for this tier." if s.queue_position else ""
@@ -339,11 +352,19 @@ def read(s: Snapshot) -> Reading:
                 (e.get("message", "") for e in reversed(s.events) if e.get("reason") == "FailedScheduling"),
                 "",
             )
-            conditions["Scheduled"] = Condition(
-                "Scheduled", "False", sched.get("reason") or "Pending", message
-            )
+            joining = next((e for e in reversed(s.events) if e.get("reason") == "TriggeredScaleUp"), None)
+            if joining is not None and not INSUFFICIENT_RE.search(message):
+                conditions["Scheduled"] = Condition(
+                    "Scheduled", "False", "NodeJoining", joining.get("message", "")
+                )
+            else:
+                conditions["Scheduled"] = Condition(
+                    "Scheduled", "False", sched.get("reason") or "Pending", message
+                )
             if sched.get("reason") == "Unschedulable" or message:
-                problems.append(scheduling_problem(s, message))
+                problem = scheduling_problem(s, message)
+                if problem is not None:
+                    problems.append(problem)
 
     # ModelLoaded, from the pods' states, their events and the lead pod's log lines
     state, _last = _container_state(lead) if lead else ({}, {})

@@ -268,3 +268,19 @@ def test_the_watcher_never_moves_the_bar_back_within_a_stage(monkeypatch):
                        conditions={}, problems=[])
     w.Watcher.write(SimpleNamespace(seen_replicas={1: 0}), endpoint, early)
     assert calls == []  # the phase stays Loading and the bar stays at 80
+
+
+def test_a_gpu_node_joining_is_progress_not_a_problem():
+    p = pod(sched_reason="Unschedulable", sched_message="0/0 nodes are available: no nodes available to schedule pods.")
+    joining = {"reason": "TriggeredScaleUp", "message": "auto node auto-l40s-48gb-1 of GPU tier l40s-48gb joined"}
+    r = st.read(snap(pods=[p], events=[joining]))
+    assert r.phase == st.SCHEDULING and r.problems == []
+    assert r.conditions["Scheduled"].reason == "NodeJoining"
+
+
+def test_an_empty_pool_is_a_full_tier():
+    p = pod(sched_reason="Unschedulable", sched_message="0/0 nodes are available: no nodes available to schedule pods.")
+    full = {"reason": "NotTriggerScaleUp", "message": "pod didn't trigger scale-up: no free node of GPU tier l40s-48gb"}
+    r = st.read(snap(pods=[p], events=[full], queue_position=2))
+    assert codes(r) == ["insufficient_gpu"]
+    assert "number 2 in the queue" in r.problems[0].message
