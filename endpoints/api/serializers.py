@@ -7,7 +7,7 @@ from django.utils import timezone
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from endpoints import capacity, naming
+from endpoints import capacity, coldstart, dashboards, naming
 from endpoints import validators as v
 from endpoints.choices import Role
 from endpoints.models import (
@@ -354,6 +354,51 @@ class EndpointSerializer(PortalModelSerializer):
         return {**endpoint.forecast().as_dict(), "accrued": capacity.money(endpoint.accrued_cost())}
 
 
+class ColdStartStageSerializer(serializers.Serializer):
+    key = serializers.ChoiceField(choices=[key for key, _ in coldstart.STAGES])
+    label = serializers.CharField()
+    state = serializers.ChoiceField(
+        choices=[
+            coldstart.DONE,
+            coldstart.IN_PROGRESS,
+            coldstart.FAILED,
+            coldstart.STOPPED,
+            coldstart.PENDING,
+        ]
+    )
+    start = serializers.DateTimeField(allow_null=True)
+    end = serializers.DateTimeField(allow_null=True)
+    seconds = serializers.FloatField(allow_null=True)
+
+
+class ColdStartSerializer(serializers.Serializer):
+    """The latest cold start, stage by stage (endpoints/coldstart.py)."""
+
+    started_at = serializers.DateTimeField()
+    ready_at = serializers.DateTimeField(
+        allow_null=True, help_text="When the first token came; null until then"
+    )
+    total_seconds = serializers.FloatField(allow_null=True)
+    first_token_seconds = serializers.FloatField(
+        allow_null=True, help_text="Time to first token of the first-request gate's completion"
+    )
+    complete = serializers.BooleanField()
+    stages = ColdStartStageSerializer(many=True)
+
+
+class EndpointDetailSerializer(EndpointSerializer):
+    """An endpoint with its cold-start breakdown (only on the detail: it reads the timeline)."""
+
+    cold_start = serializers.SerializerMethodField()
+
+    class Meta(EndpointSerializer.Meta):
+        fields = [*EndpointSerializer.Meta.fields, "cold_start"]
+
+    @extend_schema_field(ColdStartSerializer)
+    def get_cold_start(self, endpoint: Endpoint) -> dict:
+        return ColdStartSerializer(coldstart.breakdown(endpoint)).data
+
+
 class ScaleSerializer(PortalSerializer):
     min_replicas = bounded_int(0, v.MAX_REPLICAS, required=False)
     max_replicas = bounded_int(1, v.MAX_REPLICAS, required=False)
@@ -368,6 +413,59 @@ class EndpointEventSerializer(PortalModelSerializer):
     class Meta:
         model = EndpointEvent
         fields = ["id", "type", "reason", "message", "created"]
+
+
+# Dashboards ---------------------------------------------------------------------------------
+
+
+class MetricsQuerySerializer(PortalSerializer):
+    window = serializers.ChoiceField(choices=list(dashboards.WINDOWS), default=dashboards.DEFAULT_WINDOW)
+
+
+class FiguresSerializer(serializers.Serializer):
+    """Current figures; null where Prometheus has no value. Seconds, per second, or 0 to 1."""
+
+    ttft_p50 = serializers.FloatField(allow_null=True, help_text="Time to first token, p50, seconds")
+    ttft_p95 = serializers.FloatField(allow_null=True, help_text="Time to first token, p95, seconds")
+    ttft_p99 = serializers.FloatField(allow_null=True, help_text="Time to first token, p99, seconds")
+    tpot_p50 = serializers.FloatField(allow_null=True, help_text="Time per output token, p50, seconds")
+    tpot_p95 = serializers.FloatField(allow_null=True, help_text="Time per output token, p95, seconds")
+    request_rate = serializers.FloatField(allow_null=True, help_text="Finished requests per second")
+    error_rate = serializers.FloatField(allow_null=True, help_text="Share of requests that failed, 0 to 1")
+    prompt_tokens_per_second = serializers.FloatField(allow_null=True, help_text="Tokens in per second")
+    generation_tokens_per_second = serializers.FloatField(allow_null=True, help_text="Tokens out per second")
+    queue_depth = serializers.FloatField(allow_null=True, help_text="Requests waiting now")
+    running_requests = serializers.FloatField(allow_null=True, help_text="Requests running now")
+    kv_cache_usage = serializers.FloatField(allow_null=True, help_text="Fullest replica's KV cache, 0 to 1")
+
+
+class PointSerializer(serializers.Serializer):
+    time = serializers.DateTimeField()
+    value = serializers.FloatField(allow_null=True)
+
+
+class SeriesSerializer(serializers.Serializer):
+    key = serializers.ChoiceField(choices=list(dashboards.METRIC_KEYS))
+    label = serializers.CharField()
+    unit = serializers.CharField()
+    points = PointSerializer(many=True)
+
+
+class DashboardSerializer(serializers.Serializer):
+    """Serving figures from Prometheus over a window (endpoints/dashboards.py)."""
+
+    scope = serializers.ChoiceField(choices=["endpoint", "tenant"])
+    subject = serializers.CharField()
+    window = serializers.ChoiceField(choices=list(dashboards.WINDOWS))
+    window_label = serializers.CharField()
+    status = serializers.ChoiceField(choices=list(dashboards.STATUSES))
+    available = serializers.BooleanField(help_text="False when there is nothing to show: see message")
+    message = serializers.CharField(allow_blank=True)
+    start = serializers.DateTimeField()
+    end = serializers.DateTimeField()
+    step_seconds = serializers.IntegerField()
+    current = FiguresSerializer()
+    series = SeriesSerializer(many=True)
 
 
 # Tenants, members, quotas -------------------------------------------------------------------

@@ -15,7 +15,7 @@ from rest_framework.decorators import action
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.response import Response
 
-from endpoints import actions
+from endpoints import actions, dashboards
 from endpoints.choices import EndpointPhase
 from endpoints.models import (
     ApiToken,
@@ -35,6 +35,22 @@ from endpoints.models import (
 from . import serializers as s
 from .filtersets import EndpointFilterSet, ModelFilterSet, QuotaRequestFilterSet, TemplateFilterSet
 from .idempotency import HEADER, idempotent
+
+WINDOW = OpenApiParameter(
+    "window",
+    OpenApiTypes.STR,
+    OpenApiParameter.QUERY,
+    enum=list(dashboards.WINDOWS),
+    default=dashboards.DEFAULT_WINDOW,
+    description="How far back to look.",
+)
+
+
+def metrics_window(request) -> str:
+    """The validated ?window= of a metrics request (400 naming the field and the allowed values)."""
+    params = s.MetricsQuerySerializer(data=request.query_params)
+    params.is_valid(raise_exception=True)
+    return params.validated_data["window"]
 
 
 class Pagination(LimitOffsetPagination):
@@ -179,6 +195,10 @@ class EndpointViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, PortalVi
     serializer_class = s.EndpointSerializer
     filterset_class = EndpointFilterSet
 
+    def get_serializer_class(self):
+        # The detail adds the cold-start breakdown, which reads the timeline: not for every list row.
+        return s.EndpointDetailSerializer if self.action == "retrieve" else s.EndpointSerializer
+
     def get_queryset(self):
         queryset = (
             Endpoint.objects.for_user(self.request.user)
@@ -231,6 +251,17 @@ class EndpointViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, PortalVi
         page = self.paginate_queryset(events)
         return self.get_paginated_response(s.EndpointEventSerializer(page, many=True).data)
 
+    @extend_schema(parameters=[WINDOW], responses=s.DashboardSerializer)
+    @action(detail=True, methods=["get"], filterset_class=None)
+    def metrics(self, request, pk=None):
+        """How the endpoint serves, from Prometheus: TTFT, TPOT, requests and errors, tokens/s,
+        queue depth and KV cache use over the window. When Prometheus is down or has no data yet,
+        `available` is false and `message` says why (still 200)."""
+        endpoint = self.get_object()
+        return Response(
+            s.DashboardSerializer(dashboards.endpoint_dashboard(endpoint, metrics_window(request))).data
+        )
+
 
 class EndpointKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, PortalViewSet):
     """Keys for calling one endpoint (Authorization: Bearer <key>). The key is in the create
@@ -275,6 +306,16 @@ class TenantViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, PortalView
     def create(self, request):
         tenant = actions.create_tenant(request.user, **self.valid_data())
         return self.respond(tenant, status.HTTP_201_CREATED)
+
+    @extend_schema(parameters=[WINDOW], responses=s.DashboardSerializer)
+    @action(detail=True, methods=["get"])
+    def metrics(self, request, slug=None):
+        """How all of the tenant's endpoints serve together, from Prometheus (as an endpoint's
+        metrics)."""
+        tenant = self.get_object()
+        return Response(
+            s.DashboardSerializer(dashboards.tenant_dashboard(tenant, metrics_window(request))).data
+        )
 
 
 class MembershipViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, PortalViewSet):
