@@ -307,6 +307,12 @@ class TenantViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, PortalView
         tenant = actions.create_tenant(request.user, **self.valid_data())
         return self.respond(tenant, status.HTTP_201_CREATED)
 
+    @extend_schema(responses={202: s.TenantSerializer})
+    def destroy(self, request, slug=None):
+        """Delete the tenant (staff): its endpoints drain and go, then its tenant cluster."""
+        tenant = actions.delete_tenant(request.user, self.get_object())
+        return self.respond(tenant, status.HTTP_202_ACCEPTED)
+
     @extend_schema(parameters=[WINDOW], responses=s.DashboardSerializer)
     @action(detail=True, methods=["get"])
     def metrics(self, request, slug=None):

@@ -46,3 +46,18 @@ def test_a_deleted_tenant_cannot_request_endpoints():
     with pytest.raises(ValidationFailed) as refused:
         make_endpoint(tenant, template, name="late")
     assert "tenant" in str(refused.value.fields if hasattr(refused.value, "fields") else refused.value)
+
+
+def test_the_api_deletes_a_tenant_for_staff_only(sent_tasks):
+    from rest_framework.test import APIClient
+
+    template = make_template()
+    tenant = make_tenant(quota=roomy_quota(template.tier))
+    api = APIClient()
+    api.force_authenticate(member(tenant))
+    assert api.delete(f"/api/v1/tenants/{tenant.slug}/").status_code == 403
+    api.force_authenticate(make_user(staff=True))
+    response = api.delete(f"/api/v1/tenants/{tenant.slug}/")
+    assert response.status_code == 202
+    tenant.refresh_from_db()
+    assert tenant.deleted_at is not None
