@@ -23,7 +23,7 @@ from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from endpoints import actions, capacity
+from endpoints import actions, capacity, coldstart, dashboards
 from endpoints.choices import (
     ACTIVE_PHASES,
     MODEL_VISIBLE_TO_TENANTS,
@@ -61,10 +61,6 @@ from endpoints.models import (
 
 log = logging.getLogger(__name__)
 
-try:  # the cold-start breakdown and the serving dashboards come from a parallel change
-    from endpoints import coldstart, dashboards
-except ImportError:  # pragma: no cover - until that change is on this branch
-    coldstart = dashboards = None
 
 SESSION_TENANT = "portal.tenant"
 SWITCHER_LIMIT = 200  # staff see every tenant in the switcher, up to this many
@@ -504,11 +500,11 @@ NORMAL_REASONS = {"".join(w.capitalize() for w in ph.split("_")) for ph in P.val
 def timeline(endpoint: Endpoint) -> dict:
     """The provisioning stages (coldstart.breakdown: state and seconds of each) and the bar for
     the stage in progress."""
-    cold = coldstart.breakdown(endpoint) if coldstart is not None else None
+    cold = coldstart.breakdown(endpoint)
     now = timezone.now()
     stages = []
     active = None
-    for stage in cold.stages if cold is not None else []:
+    for stage in cold.stages:
         state = {"in_progress": "active", "stopped": "waiting", "pending": "waiting"}.get(
             stage.state, stage.state
         )
@@ -534,7 +530,7 @@ def timeline(endpoint: Endpoint) -> dict:
             stage_percent = max(0, min(100, round(100 * (endpoint.load_progress - low) / (high - low))))
     return {
         "stages": stages,
-        "total_seconds": cold.total_seconds if cold is not None else None,
+        "total_seconds": cold.total_seconds,
         "active": active,
         "progress": progress,
         "stage_percent": stage_percent,
@@ -603,7 +599,7 @@ def endpoint_for(request: HttpRequest, pk: int) -> Endpoint:
 
 
 def dashboard_windows() -> list[str]:
-    return list(dashboards.WINDOWS) if dashboards is not None else []
+    return list(dashboards.WINDOWS)
 
 
 def endpoint_context(request: HttpRequest, endpoint: Endpoint, p: Portal, **extra) -> dict:
@@ -624,7 +620,7 @@ def endpoint_context(request: HttpRequest, endpoint: Endpoint, p: Portal, **extr
         "revoked_keys": [k for k in keys if k.revoked_at is not None][:10],
         "events": events,
         "windows": windows,
-        "window": dashboards.DEFAULT_WINDOW if dashboards is not None else "",
+        "window": dashboards.DEFAULT_WINDOW,
         "scale_form": extra.pop("scale_form", None)
         or ScaleForm(initial={"min_replicas": endpoint.min_replicas, "max_replicas": endpoint.max_replicas}),
         "key_form": extra.pop("key_form", None) or KeyForm(),
@@ -719,8 +715,6 @@ def chart_payload(board) -> dict:
 def endpoint_metrics(request: HttpRequest, pk: int) -> JsonResponse:
     """The serving dashboard's data, drawn by the page's charts."""
     endpoint = endpoint_for(request, pk)
-    if dashboards is None:  # pragma: no cover
-        return JsonResponse({"panels": [], "message": "Serving metrics are not available in this version."})
     window = request.GET.get("window") or dashboards.DEFAULT_WINDOW
     if window not in dashboards.WINDOWS:
         return JsonResponse({"error": f"window must be one of {', '.join(dashboards.WINDOWS)}"}, status=400)
