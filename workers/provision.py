@@ -179,8 +179,10 @@ def apply_endpoint(cluster: Cluster, endpoint: Endpoint) -> int:
     failpoints.hit("before-deployment")
     stored = cluster.apply(deployment)
     failpoints.hit("after-deployment")
-    for i, doc in enumerate(d for d in docs if d is not deployment):
-        cluster.apply(owned_by(doc, stored))
+    # The companions depend on the Deployment (their owner) but not on each other: apply them
+    # concurrently, which takes about one round trip instead of seven.
+    companions = [owned_by(doc, stored) for doc in docs if doc is not deployment]
+    for i, _ in enumerate(cluster.apply_all(companions)):
         if i == 2:
             failpoints.hit("mid-companions")
     return len(docs) + 1

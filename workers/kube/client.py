@@ -11,7 +11,8 @@ import base64
 import json
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any
 
@@ -198,6 +199,23 @@ class Cluster:
             content_type="application/apply-patch+yaml",
         )
 
+    def apply_all(self, objs: Iterable[dict]) -> Iterator[dict]:
+        """Server-side apply independent objects concurrently; yields what the server stored, in
+        the order the applies finish. The first failure is raised once every apply has ended, so
+        no apply is left running behind the caller's back."""
+        futures = [_apply_pool().submit(self.apply, obj) for obj in objs]
+        failure: Exception | None = None
+        for future in as_completed(futures):
+            try:
+                stored = future.result()
+            except Exception as exc:  # noqa: BLE001 - re-raised below, after the rest have ended
+                failure = failure or exc
+                continue
+            if failure is None:
+                yield stored
+        if failure is not None:
+            raise failure
+
     def get(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> dict | None:
         k = self.kind(api_version, kind)
         try:
@@ -320,6 +338,19 @@ class Cluster:
 
     def version(self) -> str:
         return self._call("GET", "/version", "get version")["gitVersion"]
+
+
+_pool: ThreadPoolExecutor | None = None
+
+
+def _apply_pool() -> ThreadPoolExecutor:
+    """Threads for concurrent applies, shared by every cluster: the companions of a few endpoints
+    at once, no more than the connection pools (16 per cluster) can carry."""
+    global _pool
+    with _clients_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="kube-apply")
+        return _pool
 
 
 _clients: dict[str, tuple[str, Cluster]] = {}
