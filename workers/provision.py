@@ -11,6 +11,7 @@ import logging
 import math
 import secrets
 from dataclasses import dataclass
+from itertools import groupby
 
 from django.conf import settings
 
@@ -64,16 +65,47 @@ def expected_load_seconds(weights_bytes: int) -> int:
     return int(60 + weights_bytes / 500e6 + weights_bytes / 2e9)
 
 
+# The kinds of an endpoint's objects, all labelled managed-by=inference-portal.
+MANAGED_KINDS = [("apps/v1", "Deployment"), *manifests.COMPANION_KINDS]
+MANAGED_SELECTOR = f"app.kubernetes.io/managed-by={manifests.MANAGED_BY}"
+
+
+class LiveObjects:
+    """What the portal manages in one namespace of a tenant cluster, read with one LIST per kind,
+    so checking N endpoints costs a handful of requests instead of about ten per endpoint. A kind
+    not listed (a ScaledObject, say) is read with a GET when asked for."""
+
+    def __init__(self, cluster: Cluster, namespace: str) -> None:
+        self.cluster, self.namespace = cluster, namespace
+        self.objects: dict[tuple[str, str, str], dict] = {}
+        self.kinds = set(MANAGED_KINDS)
+        for api_version, kind in MANAGED_KINDS:
+            listed = cluster.list(api_version, kind, namespace, label_selector=MANAGED_SELECTOR)
+            for obj in listed.get("items") or []:
+                # Items of a LIST carry no apiVersion and kind of their own.
+                obj.setdefault("apiVersion", api_version)
+                obj.setdefault("kind", kind)
+                self.objects[(api_version, kind, obj["metadata"]["name"])] = obj
+
+    def get(self, api_version: str, kind: str, name: str) -> dict | None:
+        if (api_version, kind) not in self.kinds:
+            return self.cluster.get(api_version, kind, name, self.namespace)
+        return self.objects.get((api_version, kind, name))
+
+
 @dataclass(frozen=True)
 class Keys:
     internal: str  # the key the gateway forwards with (vLLM's --api-key)
     probe: str  # the key the first-request gate calls through the gateway with
 
 
-def existing_keys(cluster: Cluster, endpoint: Endpoint) -> Keys:
+def existing_keys(cluster: Cluster, endpoint: Endpoint, live: LiveObjects | None = None) -> Keys:
     """Reuse the keys already in the endpoint's auth Secret; make new ones the first time."""
     name = f"{naming.object_name(endpoint)}-auth"
-    secret = cluster.get("v1", "Secret", name, naming.namespace_for(endpoint.tenant))
+    if live is not None:
+        secret = live.get("v1", "Secret", name)
+    else:
+        secret = cluster.get("v1", "Secret", name, naming.namespace_for(endpoint.tenant))
     data = (secret or {}).get("data") or {}
 
     def read(key: str) -> str:
@@ -143,8 +175,8 @@ def spec_for(endpoint: Endpoint, keys: Keys) -> manifests.EndpointSpec:
     )
 
 
-def desired_objects(cluster: Cluster, endpoint: Endpoint) -> list[dict]:
-    keys = existing_keys(cluster, endpoint)
+def desired_objects(cluster: Cluster, endpoint: Endpoint, live: LiveObjects | None = None) -> list[dict]:
+    keys = existing_keys(cluster, endpoint, live)
     docs = manifests.render_endpoint(spec_for(endpoint, keys))
     for doc in docs:
         if doc["kind"] == "Secret":
@@ -275,14 +307,18 @@ def mark_failed(endpoint_id: int, reason: str, message: str) -> None:
             log.exception("could not mark endpoint %s failed", endpoint_id)
 
 
-def drifted(cluster: Cluster, endpoint: Endpoint) -> list[dict]:
-    """The endpoint's objects that are missing or differ from what we would apply (read-only)."""
+def drifted(cluster: Cluster, endpoint: Endpoint, live: LiveObjects | None = None) -> list[dict]:
+    """The endpoint's objects that are missing or differ from what we would apply (read-only).
+    LIVE, when given, is the namespace as listed; otherwise each object is read with a GET."""
     out = []
-    docs = desired_objects(cluster, endpoint)
+    docs = desired_objects(cluster, endpoint, live)
     for doc in docs:
         meta = doc["metadata"]
-        live = cluster.get(doc["apiVersion"], doc["kind"], meta["name"], meta.get("namespace"))
-        if live is None or not manifests.subset(doc, live, ignore=("ownerReferences",)):
+        if live is not None:
+            found = live.get(doc["apiVersion"], doc["kind"], meta["name"])
+        else:
+            found = cluster.get(doc["apiVersion"], doc["kind"], meta["name"], meta.get("namespace"))
+        if found is None or not manifests.subset(doc, found, ignore=("ownerReferences",)):
             out.append(doc)
     return out
 
@@ -304,31 +340,37 @@ def repair_drift() -> dict:
         )
         .order_by("tenant_id", "pk")
     )
-    for endpoint in endpoints:
+    # One tenant cluster at a time: its client and its namespace's objects are read once.
+    for _, group in groupby(endpoints, key=lambda e: e.tenant_id):
+        group = list(group)
+        tenant = group[0].tenant
         try:
-            cluster = tenant_cluster(naming.namespace_for(endpoint.tenant), endpoint.tenant.slug)
-            checked += 1
-            missing = drifted(cluster, endpoint)
-            if not missing:
-                continue
-            deployment = next((d for d in missing if d["kind"] == "Deployment"), None)
-            stored = (
-                cluster.apply(deployment)
-                if deployment
-                else cluster.get(
-                    "apps/v1",
-                    "Deployment",
-                    naming.object_name(endpoint),
-                    naming.namespace_for(endpoint.tenant),
-                )
-            )
-            for doc in missing:
-                if doc is not deployment:
-                    cluster.apply(owned_by(doc, stored) if stored else doc)
-            repaired += len(missing)
-            log.info("reconcile: re-applied %s for endpoint %s", [d["kind"] for d in missing], endpoint.pk)
+            cluster = tenant_cluster(naming.namespace_for(tenant), tenant.slug)
+            live = LiveObjects(cluster, naming.namespace_for(tenant))
         except (TransientKubeError, PermanentKubeError) as exc:
-            log.warning("reconcile: endpoint %s: %s", endpoint.pk, exc.reason)
+            log.warning("reconcile: tenant cluster %s: %s", tenant.slug, exc.reason)
+            continue
+        for endpoint in group:
+            try:
+                checked += 1
+                missing = drifted(cluster, endpoint, live)
+                if not missing:
+                    continue
+                deployment = next((d for d in missing if d["kind"] == "Deployment"), None)
+                stored = (
+                    cluster.apply(deployment)
+                    if deployment
+                    else live.get("apps/v1", "Deployment", naming.object_name(endpoint))
+                )
+                companions = [owned_by(d, stored) if stored else d for d in missing if d is not deployment]
+                for _ in cluster.apply_all(companions):
+                    pass
+                repaired += len(missing)
+                log.info(
+                    "reconcile: re-applied %s for endpoint %s", [d["kind"] for d in missing], endpoint.pk
+                )
+            except (TransientKubeError, PermanentKubeError) as exc:
+                log.warning("reconcile: endpoint %s: %s", endpoint.pk, exc.reason)
     return {"checked": checked, "repaired": repaired}
 
 
