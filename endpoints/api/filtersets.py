@@ -8,7 +8,9 @@ from endpoints.models import Endpoint, Model, QuotaRequest, Template
 
 class EndpointFilterSet(filters.FilterSet):
     tenant = filters.CharFilter(field_name="tenant__slug", help_text="Tenant slug")
-    phase = filters.MultipleChoiceFilter(choices=EndpointPhase.choices)
+    # A column of the row itself, so no join can repeat a row: without distinct=False the filter
+    # made every page a SELECT DISTINCT over all columns (the JSON conditions too).
+    phase = filters.MultipleChoiceFilter(choices=EndpointPhase.choices, distinct=False)
     template = filters.CharFilter(field_name="template__name", help_text="Template name")
     tier = filters.CharFilter(field_name="template__tier__name", help_text="GPU tier name")
     name = filters.CharFilter(field_name="name")
