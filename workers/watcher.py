@@ -63,10 +63,30 @@ class Informer:
     synced: threading.Event = field(default_factory=threading.Event)
     stop: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    version: int = 0  # goes up on every change to items
+    indexes: dict[str, tuple[int, dict]] = field(default_factory=dict)
 
     def snapshot(self) -> list[dict]:
         with self.lock:
             return list(self.items.values())
+
+    def get(self, namespace: str, name: str) -> dict | None:
+        with self.lock:
+            return self.items.get((namespace, name))
+
+    def index(self, name: str, key) -> dict:
+        """The items grouped by KEY(item), kept until the items change: a tick reads hundreds of
+        endpoints from the same cache, and scanning it whole for each one made the watcher's
+        load grow with the square of the endpoints."""
+        with self.lock:
+            cached = self.indexes.get(name)
+            if cached is not None and cached[0] == self.version:
+                return cached[1]
+            grouped: dict = {}
+            for obj in self.items.values():
+                grouped.setdefault(key(obj), []).append(obj)
+            self.indexes[name] = (self.version, grouped)
+            return grouped
 
     def run(self) -> None:
         delay = 0.5
@@ -77,6 +97,7 @@ class Informer:
                 )
                 with self.lock:
                     self.items = {self._key(o): o for o in items}
+                    self.version += 1
                 self.synced.set()
                 for obj in items:
                     self.on_change(obj)
@@ -98,6 +119,7 @@ class Informer:
                                 self.items.pop(self._key(obj), None)
                             else:
                                 self.items[self._key(obj)] = obj
+                            self.version += 1
                         self.on_change(obj)
                         if self.stop.is_set():
                             return
@@ -197,33 +219,12 @@ class Watcher:
 
     def snapshot(self, endpoint: Endpoint, watch: TenantWatch) -> st.Snapshot:
         ns, name = naming.namespace_for(endpoint.tenant), naming.object_name(endpoint)
-        pods = [
-            p
-            for p in watch.pods.snapshot()
-            if p["metadata"].get("namespace") == ns
-            and (p["metadata"].get("labels") or {}).get(ENDPOINT_LABEL) == endpoint.name
-        ]
-        deployment = next(
-            (
-                d
-                for d in watch.deployments.snapshot()
-                if d["metadata"]["namespace"] == ns and d["metadata"]["name"] == name
-            ),
-            None,
-        )
-        route = next(
-            (
-                r
-                for r in watch.routes.snapshot()
-                if r["metadata"]["namespace"] == ns and r["metadata"]["name"] == name
-            ),
-            None,
-        )
-        pod_names = {p["metadata"]["name"] for p in pods}
+        pods = list(watch.pods.index("endpoint", _pod_endpoint).get((ns, endpoint.name), ()))
+        deployment = watch.deployments.get(ns, name)
+        route = watch.routes.get(ns, name)
+        events_by_object = watch.events.index("involved", _involved_name)
         events = [
-            e
-            for e in watch.events.snapshot()
-            if (e.get("involvedObject") or {}).get("name") in pod_names | {name}
+            e for n in {p["metadata"]["name"] for p in pods} | {name} for e in events_by_object.get(n, ())
         ]
         events.sort(key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
         template, tier = endpoint.template, endpoint.template.tier
@@ -246,7 +247,7 @@ class Watcher:
             namespace=ns,
             expected_load_seconds=settings.PORTAL_EMULATED_LOAD_SECONDS if settings.PORTAL_EMULATE else 120,
             queue_position=None,
-            verified=self.verifier.verified(endpoint.pk),
+            verified=self.verifier.verified(endpoint.pk, recorded=endpoint.verified_at is not None),
             verify_error=self.verifier.error(endpoint.pk),
             gateway_controller=settings.PORTAL_GATEWAY_CONTROLLER,
         )
@@ -263,27 +264,29 @@ class Watcher:
             + 1
         )
 
-    def fetch_logs(self, endpoint: Endpoint, watch: TenantWatch, reading: st.Reading | None) -> None:
-        """The lead pod's recent log lines, while the model loads or a pod crashes (throttled)."""
+    def fetch_logs(self, endpoint: Endpoint, watch: TenantWatch, reading: st.Reading | None) -> bool:
+        """The lead pod's recent log lines, while the model loads or a pod crashes (throttled).
+        True when new lines were read."""
         now = time.monotonic()
         if now - self.last_log_fetch.get(endpoint.pk, 0) < 1.5:
-            return
+            return False
         self.last_log_fetch[endpoint.pk] = now
         ns = naming.namespace_for(endpoint.tenant)
         pods = [
             p
-            for p in watch.pods.snapshot()
-            if (p["metadata"].get("labels") or {}).get(ENDPOINT_LABEL) == endpoint.name
-            and p["metadata"].get("namespace") == ns
-            and (p.get("spec") or {}).get("nodeName")
+            for p in watch.pods.index("endpoint", _pod_endpoint).get((ns, endpoint.name), ())
+            if (p.get("spec") or {}).get("nodeName")
         ]
         if not pods:
-            return
+            return False
         pods.sort(key=lambda p: p["metadata"].get("creationTimestamp", ""), reverse=True)
         try:
             self.logs[endpoint.pk] = watch.cluster.pod_log(ns, pods[0]["metadata"]["name"], "vllm")
         except KubeError:
-            pass  # no logs yet (container starting) or no log endpoint; status alone still tells a lot
+            return (
+                False  # no logs yet (container starting) or no log endpoint; status alone still tells a lot
+            )
+        return True
 
     def process(self, endpoint: Endpoint) -> None:
         watch = self.watches.get(endpoint.tenant_id)
@@ -295,8 +298,9 @@ class Watcher:
             return
         snap = self.snapshot(endpoint, watch)
         reading = st.read(snap)
-        if reading.phase in LOADING or reading.phase == st.DEGRADED:
-            self.fetch_logs(endpoint, watch, reading)
+        if (reading.phase in LOADING or reading.phase == st.DEGRADED) and self.fetch_logs(
+            endpoint, watch, reading
+        ):
             snap = self.snapshot(endpoint, watch)
             reading = st.read(snap)
         if any(p.code == "insufficient_gpu" for p in reading.problems):
@@ -439,6 +443,15 @@ PHASE_MESSAGES = {
     st.DEGRADED: "Serving, but not every replica is healthy.",
     st.FAILED: "The endpoint failed.",
 }
+
+
+def _pod_endpoint(pod: dict) -> tuple[str, str | None]:
+    meta = pod["metadata"]
+    return meta.get("namespace", ""), (meta.get("labels") or {}).get(ENDPOINT_LABEL)
+
+
+def _involved_name(event: dict) -> str:
+    return (event.get("involvedObject") or {}).get("name", "")
 
 
 STARTUP_ORDER = [st.PULLING, st.DOWNLOADING_WEIGHTS, st.LOADING_MODEL, st.VERIFYING]
