@@ -250,12 +250,16 @@ def test_a_hand_deleted_service_is_restored_by_the_reconcile_and_no_drift_writes
     ],
 )
 def test_a_worker_killed_between_steps_converges_after_restart_without_duplicates(
-    point, platform, stack_env, worker, watcher, catalog, make_tenant, tmp_path
+    point, platform, stack_env, worker, watcher, catalog, make_tenant, tmp_path, monkeypatch
 ):
+    from endpoints import dispatch
+    from portal.celery import app
     from tests.integration.conftest import Proc
 
-    worker.stop()  # the doomed worker must be the one that takes the task
-
+    # This test's tasks go to a queue only its own workers read, so the doomed worker is the one
+    # that takes the deploy, whatever else the session's worker is busy with.
+    queue = f"kill-{point}"
+    monkeypatch.setattr(dispatch, "send_task", lambda name, pk: app.send_task(name, args=[pk], queue=queue))
     env = {
         **stack_env,
         "PORTAL_FAILPOINTS": point,
@@ -272,6 +276,8 @@ def test_a_worker_killed_between_steps_converges_after_restart_without_duplicate
         "threads",
         "-c",
         "4",
+        "-Q",
+        queue,
         "--loglevel=INFO",
         "--without-mingle",
         "--without-gossip",
@@ -279,29 +285,28 @@ def test_a_worker_killed_between_steps_converges_after_restart_without_duplicate
         f"kill-{uuid.uuid4().hex[:6]}@%h",
     ]
     doomed = Proc(f"doomed-{point}", argv, env, tmp_path).start()
-    # A tenant cluster of its own (uninstalled afterwards): the failpoints in the install need a fresh one.
-    tenant = make_tenant("k" + point.replace("-", "")[:8], own_cluster=True)
-    ep = actions.request_endpoint(
-        None, tenant=tenant, template=catalog["template"], name="survivor", min_replicas=1, max_replicas=1
-    )
-    wait_for(lambda: doomed.proc.poll() is not None, timeout=180, what=f"the worker to die at {point}")
-    assert doomed.proc.returncode == -signal.SIGKILL, doomed.tail()
-    assert (tmp_path / point).exists()
-
-    # A new worker: the unacknowledged task comes back (acks_late), or the reconcile finds it.
-    rescuer = Proc(f"rescuer-{point}", argv, env, tmp_path).start()
+    rescuer = Proc(f"rescuer-{point}", argv, env, tmp_path)
     try:
-        from portal.celery import app
+        # A tenant cluster of its own (uninstalled afterwards): the failpoints in the install need a fresh one.
+        tenant = make_tenant("k" + point.replace("-", "")[:8], own_cluster=True)
+        ep = actions.request_endpoint(
+            None, tenant=tenant, template=catalog["template"], name="survivor", min_replicas=1, max_replicas=1
+        )
+        wait_for(lambda: doomed.proc.poll() is not None, timeout=180, what=f"the worker to die at {point}")
+        assert doomed.proc.returncode == -signal.SIGKILL, doomed.tail()
+        assert (tmp_path / point).exists()
+
+        # A new worker: the unacknowledged task comes back (acks_late), or the reconcile finds it.
+        rescuer.start()
 
         def converged():
-            app.send_task("workers.tasks.reconcile")
+            app.send_task("workers.tasks.reconcile", queue=queue)
             return Endpoint.objects.get(pk=ep.pk).phase == P.READY
 
         wait_for(converged, timeout=240, interval=3, what=f"convergence after a kill at {point}")
     finally:
         rescuer.stop()
         doomed.kill()
-        worker.start()
     c, ns = cluster_for(tenant), naming.namespace_for(tenant)
     assert len(c.list("apps/v1", "Deployment", ns)["items"]) == 1
     assert len(c.list("v1", "Service", ns)["items"]) == 1
