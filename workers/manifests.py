@@ -318,7 +318,7 @@ def render_vcluster_values(**values: Any) -> dict:
     for pool in values["pools"]:
         _check(bool(DNS_LABEL.match(pool["name"])), f"pool name {pool['name']!r} is not a DNS label")
     text = _environment().get_template("vcluster-values.yaml.j2").render(**values)
-    data = yaml.safe_load(text)
+    data = yaml.load(text, Loader=_SAFE_LOADER)  # noqa: S506 - CSafeLoader or SafeLoader, both safe
     _check(isinstance(data, dict) and "controlPlane" in data, "vcluster values did not render to a mapping")
     return data
 
