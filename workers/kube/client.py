@@ -11,6 +11,7 @@ import base64
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -116,6 +117,11 @@ class Cluster:
         self.name = name
         self._discovered: dict[tuple[str, str], Kind] = {}
         self._lock = threading.Lock()
+        self.answered_at = 0.0  # monotonic time of the last call that succeeded; 0 after a failure
+
+    def answered_within(self, seconds: float) -> bool:
+        """Whether the last call succeeded, less than SECONDS ago."""
+        return self.answered_at > 0 and time.monotonic() - self.answered_at < seconds
 
     @classmethod
     def from_kubeconfig(
@@ -172,7 +178,11 @@ class Cluster:
                 _request_timeout=timeout,
             )
         except Exception as exc:  # noqa: BLE001 - sorted into our three kinds right here
-            raise classify(exc, what) from exc
+            error = classify(exc, what)
+            if isinstance(error, TransientKubeError):
+                self.answered_at = 0.0
+            raise error from exc
+        self.answered_at = time.monotonic()
         return data
 
     # -- verbs -----------------------------------------------------------------------------
@@ -353,7 +363,7 @@ def _apply_pool() -> ThreadPoolExecutor:
         return _pool
 
 
-_clients: dict[str, tuple[str, Cluster]] = {}
+_clients: dict[str, tuple[str, Cluster, float]] = {}  # key -> (Secret resourceVersion, client, checked at)
 _clients_lock = threading.Lock()
 
 
@@ -364,22 +374,32 @@ def host_cluster() -> Cluster:
         if cached:
             return cached[1]
         cluster = Cluster.from_kubeconfig(settings.KUBECONFIG or None, name="host")
-        _clients["host"] = ("", cluster)
+        _clients["host"] = ("", cluster, 0.0)
         return cluster
 
 
-def tenant_cluster(host_namespace: str, name: str) -> Cluster:
+def tenant_cluster(host_namespace: str, name: str, *, max_age: float = 0.0) -> Cluster:
     """The tenant cluster whose kubeconfig vCluster wrote to Secret vc-<name> in the host.
 
-    Clients are cached by the Secret's resourceVersion, so a rotated kubeconfig is picked up."""
+    Clients are cached by the Secret's resourceVersion, so a rotated kubeconfig is picked up.
+    With MAX_AGE, a client whose Secret was read less than MAX_AGE seconds ago, and whose last call
+    in that time succeeded, is returned without reading the Secret again (a burst of deploys to
+    one tenant asks the host once, not once per deploy); any failed call ends that at once."""
+    key = f"{host_namespace}/{name}"
+    if max_age > 0:
+        with _clients_lock:
+            cached = _clients.get(key)
+        if cached and time.monotonic() - cached[2] < max_age and cached[1].answered_within(max_age):
+            return cached[1]
     secret = host_cluster().get("v1", "Secret", f"vc-{name}", host_namespace)
     if secret is None:
         raise TransientKubeError(f"tenant cluster {name} has no kubeconfig yet (Secret vc-{name} is missing)")
     version = secret["metadata"]["resourceVersion"]
-    key = f"{host_namespace}/{name}"
+    checked = time.monotonic()
     with _clients_lock:
         cached = _clients.get(key)
         if cached and cached[0] == version:
+            _clients[key] = (version, cached[1], checked)
             return cached[1]
     raw = (secret.get("data") or {}).get("config")
     if not raw:
@@ -387,5 +407,5 @@ def tenant_cluster(host_namespace: str, name: str) -> Cluster:
     data = yaml.safe_load(base64.b64decode(raw))
     cluster = Cluster.from_kubeconfig(data=data, name=key)
     with _clients_lock:
-        _clients[key] = (version, cluster)
+        _clients[key] = (version, cluster, checked)
     return cluster
