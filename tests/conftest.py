@@ -14,6 +14,15 @@ sys.path.insert(0, str(LOCAL))
 from lp import cli as platform_cli  # noqa: E402
 from lp.config import Config  # noqa: E402
 
+from tests.stack import (  # noqa: E402, F401  (the one registration of the shared stack fixtures)
+    catalog,
+    make_tenant,
+    stack_env,
+    tenant_slugs,
+    watcher,
+    worker,
+)
+
 
 class Platform:
     """What a test needs to reach the running local platform."""

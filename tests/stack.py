@@ -1,5 +1,8 @@
 """A real Celery worker and the cluster watcher, as separate processes, against the local platform
-and the test database. Tests talk to them only through the database, Redis and the clusters."""
+and the test database. Tests talk to them only through the database, Redis and the clusters.
+
+These fixtures are registered once, in tests/conftest.py: a conftest that imported them again
+would make pytest start a second session worker and watcher beside the first."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class Proc:

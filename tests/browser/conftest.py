@@ -9,14 +9,6 @@ from pathlib import Path
 import pytest
 
 from tests.factories import make_user
-from tests.integration.conftest import (  # noqa: F401  (fixtures shared with the integration tests)
-    catalog,
-    make_tenant,
-    stack_env,
-    tenant_slugs,
-    watcher,
-    worker,
-)
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

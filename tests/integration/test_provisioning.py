@@ -254,7 +254,7 @@ def test_a_worker_killed_between_steps_converges_after_restart_without_duplicate
 ):
     from endpoints import dispatch
     from portal.celery import app
-    from tests.integration.conftest import Proc
+    from tests.stack import Proc
 
     # This test's tasks go to a queue only its own workers read, so the doomed worker is the one
     # that takes the deploy, whatever else the session's worker is busy with.
