@@ -792,19 +792,36 @@ def set_endpoint_condition(
     """Set one condition under the endpoint's row lock (conditions are read-modify-write, so
     everyone who changes them, workers included, goes through here). A change of status also
     lands on the timeline."""
+    return set_endpoint_conditions(endpoint_id, [(type_, status, reason, message)], event_type=event_type)
+
+
+def set_endpoint_conditions(
+    endpoint_id: int,
+    changes: Iterable[tuple[str, str, str, str]],
+    *,
+    event_type: str | None = None,
+) -> Endpoint:
+    """Set several conditions, each (type, status, reason, message), in one transaction under the
+    endpoint's row lock: what set_endpoint_condition does for each, with one read and one write
+    of the row (the watcher often has five or six to set at once)."""
     with transaction.atomic():
         endpoint = Endpoint.objects.select_for_update().get(pk=endpoint_id)
-        old = endpoint.condition(type_)
-        endpoint.conditions = set_condition(
-            endpoint.conditions, type_, status, reason, message, timezone.now()
-        )
+        now = timezone.now()
+        news = []
+        for type_, status, reason, message in changes:
+            old = endpoint.condition(type_)
+            endpoint.conditions = set_condition(endpoint.conditions, type_, status, reason, message, now)
+            # The timeline shows changes: a condition's first report is news only when it is True
+            # (its first False says nothing the phase event has not said already).
+            if (old is None and status == ConditionStatus.TRUE) or (
+                old is not None and old.get("status") != status
+            ):
+                kind = event_type or (
+                    EventType.NORMAL if status == ConditionStatus.TRUE else EventType.WARNING
+                )
+                news.append((reason, message, kind))
         endpoint.save(update_fields=["conditions", "updated"])
-        # The timeline shows changes: a condition's first report is news only when it is True
-        # (its first False says nothing the phase event has not said already).
-        if (old is None and status == ConditionStatus.TRUE) or (
-            old is not None and old.get("status") != status
-        ):
-            kind = event_type or (EventType.NORMAL if status == ConditionStatus.TRUE else EventType.WARNING)
+        for reason, message, kind in news:
             _event(endpoint, reason, message, kind)
     return endpoint
 
