@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db import close_old_connections
+from django.db.models import Q
 from django.utils import timezone
 
 from endpoints import actions, naming
@@ -47,6 +48,8 @@ WATCHED_PHASES = frozenset(
         P.FAILED,
     }
 )
+# Scheduling reasons read on every tick (see loading_endpoints): the worker's, and a full tier's.
+TICKED_SCHEDULING_REASONS = ("Applied", "InsufficientGpu")
 LOADING = frozenset({st.SCHEDULING, st.PULLING, st.DOWNLOADING_WEIGHTS, st.LOADING_MODEL, st.FAILED})
 
 
@@ -336,6 +339,7 @@ class Watcher:
                     phase_reason=reason, phase_message=message
                 )
         current = {c["type"]: c for c in endpoint.conditions or []}
+        changed = []
         for ctype, cond in reading.conditions.items():
             old = current.get(ctype)
             if old is None or (old.get("status"), old.get("reason"), old.get("message")) != (
@@ -343,9 +347,9 @@ class Watcher:
                 cond.reason,
                 cond.message[:500],
             ):
-                actions.set_endpoint_condition(
-                    endpoint.pk, ctype, cond.status, cond.reason or ctype, cond.message[:500]
-                )
+                changed.append((ctype, cond.status, cond.reason or ctype, cond.message[:500]))
+        if changed:
+            actions.set_endpoint_conditions(endpoint.pk, changed)
         progress = reading.progress if reading.phase != st.READY else 100
         if reading.phase == endpoint.phase and reading.phase in STARTUP_ORDER and endpoint.load_progress:
             # Within one stage the bar only moves forward: a late log line or an estimate from an
@@ -375,26 +379,42 @@ class Watcher:
             for ep in qs.filter(tenant_id=tenant_id, name__in=names, phase__in=WATCHED_PHASES):
                 found[ep.pk] = ep
         for tenant_id, hints in hinted.items():
-            for ep in qs.filter(tenant_id=tenant_id, phase__in=WATCHED_PHASES):
+            # ep-<endpoint>[-<replicaset hash>[-<pod suffix>]]: the endpoint's name is the hint
+            # without "ep-" and without none, one or two trailing parts; only those rows are read
+            # (reading every endpoint of the tenant for each batch of events grew with the tenant).
+            names = set()
+            for hint in hints:
+                parts = hint.removeprefix(naming.OBJECT_PREFIX).split("-")
+                names.update("-".join(parts[:n]) for n in range(max(1, len(parts) - 2), len(parts) + 1))
+            for ep in qs.filter(tenant_id=tenant_id, name__in=names, phase__in=WATCHED_PHASES):
                 obj = naming.object_name(ep)
                 if any(h == obj or h.startswith(obj + "-") for h in hints):
                     found[ep.pk] = ep
         return list(found.values())
 
     def loading_endpoints(self) -> list[Endpoint]:
-        """Endpoints whose progress moves without cluster events (logs, elapsed time, the gate)."""
+        """Endpoints whose progress moves without cluster events (logs, elapsed time, the gate).
+
+        Of those waiting to be scheduled, only the ones whose place in a full tier's queue moves
+        as others leave it, and the ones the worker has just applied (their first cluster events
+        may have come before the worker recorded the phase, and so were skipped). Any other wait
+        changes only with the cluster, and the informers' events bring it here: reading every
+        waiting endpoint every tick cost the watcher a share of a core per few hundred of them."""
         return list(
-            Endpoint.objects.select_related("tenant", "template", "template__tier", "template__image").filter(
-                tenant_id__in=list(self.watches),
-                phase__in=[
-                    P.PULLING,
-                    P.DOWNLOADING_WEIGHTS,
-                    P.LOADING_MODEL,
-                    P.VERIFYING,
-                    P.SCHEDULING,
-                    P.DEGRADED,
-                    P.FAILED,
-                ],
+            Endpoint.objects.select_related("tenant", "template", "template__tier", "template__image")
+            .filter(tenant_id__in=list(self.watches))
+            .filter(
+                Q(
+                    phase__in=[
+                        P.PULLING,
+                        P.DOWNLOADING_WEIGHTS,
+                        P.LOADING_MODEL,
+                        P.VERIFYING,
+                        P.DEGRADED,
+                        P.FAILED,
+                    ]
+                )
+                | Q(phase=P.SCHEDULING, phase_reason__in=TICKED_SCHEDULING_REASONS)
             )
         )
 
