@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import io
 import json
 import random
@@ -340,7 +341,10 @@ def test_requests_beyond_max_num_seqs_wait_in_the_queue(start_emulator: Launcher
                 await asyncio.sleep(0.01)
             return seen, await asyncio.gather(*calls)
 
-    seen, responses = asyncio.run(scenario())
+    # On a thread of its own: the browser tests' Playwright (sync API) keeps an event loop
+    # running in the main thread for the rest of the session.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        seen, responses = pool.submit(asyncio.run, scenario()).result()
 
     assert [r.status_code for r in responses] == [200] * 4
     assert seen["waiting"] > 0
