@@ -366,31 +366,34 @@ class Watcher:
     # -- the loop --------------------------------------------------------------------------
 
     def endpoints_for(self, keys: set[tuple[int, str | None, str | None]]) -> list[Endpoint]:
-        by_tenant: dict[int, set[str]] = defaultdict(set)
+        named: dict[int, set[str]] = defaultdict(set)
         hinted: dict[int, set[str]] = defaultdict(set)
         for tenant_id, name, hint in keys:
             if name:
-                by_tenant[tenant_id].add(name)
+                named[tenant_id].add(name)
             elif hint:
                 hinted[tenant_id].add(hint)
-        qs = Endpoint.objects.select_related("tenant", "template", "template__tier", "template__image")
-        found: dict[int, Endpoint] = {}
-        for tenant_id, names in by_tenant.items():
-            for ep in qs.filter(tenant_id=tenant_id, name__in=names, phase__in=WATCHED_PHASES):
-                found[ep.pk] = ep
-        for tenant_id, hints in hinted.items():
-            # ep-<endpoint>[-<replicaset hash>[-<pod suffix>]]: the endpoint's name is the hint
-            # without "ep-" and without none, one or two trailing parts; only those rows are read
-            # (reading every endpoint of the tenant for each batch of events grew with the tenant).
-            names = set()
-            for hint in hints:
+        # One query for the batch. A hint is ep-<endpoint>[-<replicaset hash>[-<pod suffix>]]: the
+        # endpoint's name is the hint without "ep-" and without none, one or two trailing parts,
+        # so only those rows are read (not every endpoint of the tenant for each batch of events).
+        wanted = Q()
+        for tenant_id in named.keys() | hinted.keys():
+            candidates = set(named[tenant_id])
+            for hint in hinted[tenant_id]:
                 parts = hint.removeprefix(naming.OBJECT_PREFIX).split("-")
-                names.update("-".join(parts[:n]) for n in range(max(1, len(parts) - 2), len(parts) + 1))
-            for ep in qs.filter(tenant_id=tenant_id, name__in=names, phase__in=WATCHED_PHASES):
-                obj = naming.object_name(ep)
-                if any(h == obj or h.startswith(obj + "-") for h in hints):
-                    found[ep.pk] = ep
-        return list(found.values())
+                candidates.update("-".join(parts[:n]) for n in range(max(1, len(parts) - 2), len(parts) + 1))
+            wanted |= Q(tenant_id=tenant_id, name__in=candidates)
+        if not wanted:
+            return []
+        found = []
+        qs = Endpoint.objects.select_related("tenant", "template", "template__tier", "template__image")
+        for ep in qs.filter(wanted, phase__in=WATCHED_PHASES):
+            obj = naming.object_name(ep)
+            if ep.name in named[ep.tenant_id] or any(
+                h == obj or h.startswith(obj + "-") for h in hinted[ep.tenant_id]
+            ):
+                found.append(ep)
+        return found
 
     def loading_endpoints(self) -> list[Endpoint]:
         """Endpoints whose progress moves without cluster events (logs, elapsed time, the gate).
