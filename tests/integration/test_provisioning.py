@@ -15,6 +15,7 @@ from endpoints import actions, naming
 from endpoints.choices import EndpointPhase
 from endpoints.models import Endpoint, EndpointEvent, TenantCluster
 from tests.waiting import wait_for
+from workers import manifests
 from workers.kube import tenant_cluster
 
 pytestmark = [pytest.mark.platform, pytest.mark.django_db(transaction=True)]
@@ -90,8 +91,13 @@ def test_a_request_becomes_a_routed_ready_endpoint_on_its_tier(stack, catalog, m
     assert all(found.values()), {k: bool(v) for k, v in found.items()}
     owner = found["Deployment"]["metadata"]["uid"]
     for kind, obj in found.items():
-        if kind != "Deployment":
+        if kind in manifests.PREREQUISITE_KINDS:
+            # applied before the Deployment, so its pods never wait for them
+            assert not obj["metadata"].get("ownerReferences"), kind
+        elif kind != "Deployment":
             assert obj["metadata"]["ownerReferences"][0]["uid"] == owner, kind
+    rs_events = cluster_for(tenant).list("v1", "Event", naming.namespace_for(tenant))["items"]
+    assert not [e["message"] for e in rs_events if e["reason"] == "FailedCreate"]
 
     c = cluster_for(tenant)
     pods = c.list(
