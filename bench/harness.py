@@ -19,6 +19,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from decimal import Decimal
 from pathlib import Path
 
@@ -476,6 +477,38 @@ class Seen:
                         f"still there after {timeout:.0f}s: {[k for k in keys if k in self.added]}"
                     )
                 self.cond.wait(left)
+
+
+# -- what an API server was asked ----------------------------------------------------------
+
+
+def server_requests(cluster) -> Counter:
+    """The API server's apiserver_request_total so far, as {"VERB resource[/subresource]": n}."""
+    import re
+
+    resp = cluster.api.call_api(
+        "/metrics",
+        "GET",
+        header_params={"Accept": "text/plain"},
+        auth_settings=["BearerToken"],
+        _preload_content=False,
+        _request_timeout=30,
+    )[0]
+    try:
+        text = resp.data.decode()
+    finally:
+        resp.release_conn()
+    out: Counter = Counter()
+    for line in text.splitlines():
+        if not line.startswith("apiserver_request_total{"):
+            continue
+        head, _, value = line.rpartition(" ")
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', head))
+        what = labels.get("resource", "")
+        if labels.get("subresource"):
+            what += "/" + labels["subresource"]
+        out[f"{labels.get('verb')} {what}"] += int(float(value))
+    return out
 
 
 # -- figures ---------------------------------------------------------------------------------
