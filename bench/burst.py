@@ -13,6 +13,11 @@ kind, to prove they are there.
 
 The endpoints use a GPU tier no platform node has: their pods stay Pending, no pool node is taken
 and the serving emulator starts no vLLM emulators. Target: at least 10 endpoints applied per second.
+
+Then, side by side (skip with --no-kubectl), the same burst by hand: the same endpoints' rendered
+objects applied with `kubectl apply --server-side -f`, one file per endpoint, from as many kubectl
+processes at once as there were posting threads, into fresh tenant clusters of their own. Its rate
+and the ratio are printed, not held to a target.
 """
 
 from __future__ import annotations
@@ -47,6 +52,12 @@ def main() -> int:
     parser.add_argument("--pool", default="threads", choices=["threads", "prefork"], help="the worker's pool")
     parser.add_argument("--concurrency", type=int, default=8, help="the worker's threads or processes")
     parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument(
+        "--no-kubectl",
+        dest="kubectl",
+        action="store_false",
+        help="skip the side-by-side burst of kubectl apply --server-side",
+    )
     parser.add_argument("--keep-clusters", action="store_true", help="leave the bench vClusters installed")
     parser.add_argument(
         "--rest", type=float, default=15, help="seconds to measure the processes at rest after"
@@ -207,7 +218,96 @@ def main() -> int:
         stack.stop()
         if not args.keep_clusters:
             h.uninstall_clusters(slugs, env)
+    if args.kubectl:
+        rate = kubectl_burst(args, env, report, template)
+        report.line(
+            f"ratio portal/kubectl (endpoints applied per second) {args.endpoints / total / rate:.3f}"
+        )
     return report.finish()
+
+
+def kubectl_burst(args, env: dict[str, str], report: h.Report, template) -> float:
+    """The same burst by hand: every endpoint's rendered objects (namespace included, as
+    apply_path renders them) applied with `kubectl apply --server-side -f`, from as many kubectl
+    processes at once as there were posting threads, into fresh tenant clusters of their own.
+    The clock runs from the first kubectl start until the last one exits."""
+    import subprocess
+    import tempfile
+    from concurrent.futures import ThreadPoolExecutor
+
+    import yaml
+
+    from endpoints import actions, dispatch, naming
+    from workers import manifests, provision
+    from workers.kube import tenant_cluster
+
+    slugs = [f"bnchkube{i}" for i in range(1, args.tenants + 1)]
+    h.uninstall_clusters(slugs, env)
+    stack = h.Stack(env, concurrency=args.concurrency, pool=args.pool, watcher=False).start()
+    try:
+        per_tenant = -(-args.endpoints // args.tenants)
+        tenants = [
+            h.make_tenant(slug, gpus={h.VOID_TIER: 4 * per_tenant}, max_endpoints=per_tenant)[0]
+            for slug in slugs
+        ]
+        h.ensure_clusters(tenants, timeout=600)
+    finally:
+        stack.stop()  # the portal installed the clusters; from here on only kubectl talks to them
+    kubectl = str(Path(env["PORTAL_K8S_BIN"]) / "kubectl")
+    workdir = Path(tempfile.mkdtemp(prefix="bench-burst-kubectl-"))
+    jobs = []
+    real_send, dispatch.send_task = dispatch.send_task, lambda *a: None  # rows only, no deploy task
+    try:
+        for tenant in tenants:
+            namespace = naming.namespace_for(tenant)
+            cluster = tenant_cluster(namespace, tenant.slug)
+            kubeconfig = h.kubeconfig_file(tenant.slug)
+            for i in range(per_tenant):
+                row = actions.request_endpoint(None, tenant=tenant, template=template, name=f"k{i:04d}")
+                docs = [
+                    manifests.render_namespace(tenant.slug, namespace),
+                    *provision.desired_objects(cluster, provision.load(row.pk)),
+                ]
+                path = workdir / f"{tenant.slug}-{i:04d}.yaml"
+                path.write_text(yaml.safe_dump_all(docs))
+                jobs.append((kubeconfig, path))
+    finally:
+        dispatch.send_task = real_send
+    jobs = jobs[: args.endpoints]
+
+    def apply(job) -> None:
+        kubeconfig, path = job
+        argv = [
+            kubectl,
+            "--kubeconfig",
+            kubeconfig,
+            "apply",
+            "--server-side",
+            "--field-manager=bench-kubectl",
+        ]
+        done = subprocess.run([*argv, "-f", str(path)], capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise SystemExit(f"kubectl apply failed: {done.stderr[-1000:]}")
+
+    processes = args.posters * 2
+    machine_before = h.cpu_by_process()
+    started = time.monotonic()
+    with ThreadPoolExecutor(processes) as pool:
+        list(pool.map(apply, jobs))
+    took = time.monotonic() - started
+    machine = h.cpu_used_since(machine_before)
+    try:
+        report.line(
+            f"kubectl apply --server-side of the same {len(jobs)} endpoints' objects, {processes} kubectl "
+            f"processes at once: {took:.1f} s ({len(jobs) / took:.1f}/s)"
+        )
+        report.line(
+            f"the whole machine meanwhile (kubectl; its own processes had exited, so are not counted): {machine}"
+        )
+    finally:
+        if not args.keep_clusters:
+            h.uninstall_clusters(slugs, env)
+    return len(jobs) / took
 
 
 if __name__ == "__main__":

@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db import close_old_connections
-from django.db.models import Q
+from django.db.models import OuterRef, Q, Subquery
 from django.utils import timezone
 
 from endpoints import actions, naming
 from endpoints.choices import EndpointPhase, TenantClusterPhase
-from endpoints.models import Endpoint, TenantCluster
+from endpoints.models import Endpoint, EndpointUsage, TenantCluster
 
 from . import status as st
 from .kube import Cluster, KubeError, tenant_cluster
@@ -359,7 +359,10 @@ class Watcher:
             progress = min(progress, STAGE_FLOOR_SCHEDULING)
         if endpoint.load_progress != progress:
             actions.record_observation(endpoint.pk, load_progress=progress)
-        if self.seen_replicas.get(endpoint.pk) != reading.ready_replicas:
+        # What the usage rows say runs now (read with the endpoint, see _endpoints) until this
+        # process has recorded a count itself: a new endpoint's first "0 ready" costs no write.
+        seen = self.seen_replicas.get(endpoint.pk, getattr(endpoint, "recorded_replicas", None))
+        if (seen or 0) != reading.ready_replicas:
             actions.record_running_replicas(endpoint.pk, reading.ready_replicas)
             self.seen_replicas[endpoint.pk] = reading.ready_replicas
 
@@ -386,8 +389,7 @@ class Watcher:
         if not wanted:
             return []
         found = []
-        qs = Endpoint.objects.select_related("tenant", "template", "template__tier", "template__image")
-        for ep in qs.filter(wanted, phase__in=WATCHED_PHASES):
+        for ep in _endpoints().filter(wanted, phase__in=WATCHED_PHASES):
             obj = naming.object_name(ep)
             if ep.name in named[ep.tenant_id] or any(
                 h == obj or h.startswith(obj + "-") for h in hinted[ep.tenant_id]
@@ -404,7 +406,7 @@ class Watcher:
         changes only with the cluster, and the informers' events bring it here: reading every
         waiting endpoint every tick cost the watcher a share of a core per few hundred of them."""
         return list(
-            Endpoint.objects.select_related("tenant", "template", "template__tier", "template__image")
+            _endpoints()
             .filter(tenant_id__in=list(self.watches))
             .filter(
                 Q(
@@ -466,6 +468,15 @@ PHASE_MESSAGES = {
     st.DEGRADED: "Serving, but not every replica is healthy.",
     st.FAILED: "The endpoint failed.",
 }
+
+
+def _endpoints():
+    """Endpoints as the watcher reads them: with what process() needs, in one query, and the
+    replicas their open usage interval records (None when none is open)."""
+    open_usage = EndpointUsage.objects.filter(endpoint=OuterRef("pk"), ended_at__isnull=True)
+    return Endpoint.objects.select_related(
+        "tenant", "template", "template__tier", "template__image"
+    ).annotate(recorded_replicas=Subquery(open_usage.values("replicas")[:1]))
 
 
 def _pod_endpoint(pod: dict) -> tuple[str, str | None]:
