@@ -19,7 +19,6 @@ endpoint are reported.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import threading
 import time
@@ -41,35 +40,15 @@ OUR_RESOURCES = {
     "horizontalpodautoscalers",
     "namespaces",
 }
-METRIC = re.compile(r"^apiserver_request_total\{([^}]*)\} (\S+)$")
 
 
 def server_writes(cluster) -> Counter:
     """Writes to the endpoints' kinds (not their status) the API server has counted so far."""
-    resp = cluster.api.call_api(
-        "/metrics",
-        "GET",
-        header_params={"Accept": "text/plain"},
-        auth_settings=["BearerToken"],
-        _preload_content=False,
-        _request_timeout=30,
-    )[0]
-    try:
-        text = resp.data.decode()
-    finally:
-        resp.release_conn()
     out: Counter = Counter()
-    for line in text.splitlines():
-        m = METRIC.match(line)
-        if not m:
-            continue
-        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
-        if (
-            labels.get("verb") in WRITES
-            and labels.get("resource") in OUR_RESOURCES
-            and not labels.get("subresource")
-        ):
-            out[f"{labels['verb']} {labels['resource']}"] += int(float(m.group(2)))
+    for what, n in h.server_requests(cluster).items():
+        verb, _, resource = what.partition(" ")
+        if verb in WRITES and resource in OUR_RESOURCES:  # a subresource reads "kind/sub"
+            out[what] += n
     return out
 
 
