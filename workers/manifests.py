@@ -31,13 +31,13 @@ MODEL_SOURCE = re.compile(
 )
 
 MANAGED_BY = "inference-portal"
-# What an endpoint owns besides its Deployment, for removal of leftovers.
 # Applied before the Deployment, because its pods need them at creation: a pod naming a
 # ServiceAccount that does not exist yet is refused ("error looking up service account"), and the
 # ReplicaSet controller backs off before trying again. They carry no ownerReference (their owner
 # does not exist yet); deleting an endpoint removes them by name.
 PREREQUISITE_KINDS = {"ServiceAccount", "Secret"}
 
+# What an endpoint has besides its Deployment, for removal of leftovers.
 COMPANION_KINDS = [
     ("v1", "Service"),
     ("gateway.networking.k8s.io/v1", "HTTPRoute"),

@@ -96,10 +96,9 @@ def test_a_request_becomes_a_routed_ready_endpoint_on_its_tier(stack, catalog, m
             assert not obj["metadata"].get("ownerReferences"), kind
         elif kind != "Deployment":
             assert obj["metadata"]["ownerReferences"][0]["uid"] == owner, kind
-    rs_events = cluster_for(tenant).list("v1", "Event", naming.namespace_for(tenant))["items"]
-    assert not [e["message"] for e in rs_events if e["reason"] == "FailedCreate"]
-
     c = cluster_for(tenant)
+    events = c.list("v1", "Event", naming.namespace_for(tenant))["items"]
+    assert not [e["message"] for e in events if e["reason"] == "FailedCreate"]
     pods = c.list(
         "v1", "Pod", naming.namespace_for(tenant), label_selector="inference-portal.io/endpoint=chat"
     )["items"]
