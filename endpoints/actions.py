@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.db import models as dj
 from django.db.models import F
 from django.urls import reverse
@@ -108,9 +108,8 @@ def audit(
 def _share_lock_model(model_id: int) -> Model:
     """Read a Model row under FOR SHARE: many requests may hold it at once, but a status change
     (FOR UPDATE in _decide_model) waits for them, and they wait for it. Django has no FOR SHARE."""
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT id FROM {Model._meta.db_table} WHERE id = %s FOR SHARE", [model_id])  # noqa: S608
-    return Model.objects.get(pk=model_id)
+    (model,) = Model.objects.raw(f"SELECT * FROM {Model._meta.db_table} WHERE id = %s FOR SHARE", [model_id])  # noqa: S608
+    return model
 
 
 def _clean(obj: dj.Model, **kwargs: Any) -> None:
@@ -595,9 +594,9 @@ def request_endpoint(
     """Admit a new endpoint within the tenant's quota and enqueue its deployment."""
     require_role(actor, tenant, Role.MEMBER, "request endpoints")
     with transaction.atomic():
-        quota = Quota.objects.select_for_update(of=("self",)).select_related("tenant").get(tenant=tenant)
-        if quota.tenant.deleted_at is not None:
-            raise ValidationFailed.for_field("tenant", f"{tenant.slug} has been deleted")
+        # The template and its model first, the tenant's quota after: the quota's row lock
+        # serialises the tenant's requests, so it is held for the admission and the inserts only.
+        # (retire_model locks the model alone, so the order of the two locks cannot deadlock.)
         template = Template.objects.select_related("tier", "image").get(pk=template.pk)
         # So that a concurrent retire_model either sees this endpoint (and flags it) or commits
         # before we read the status.
@@ -620,7 +619,11 @@ def request_endpoint(
             desired_replicas=min(max(low, 1), high),
             created_by=actor if actor is not None and actor.is_authenticated else None,
         )
-        _clean(endpoint, validate_constraints=False)
+        # The related rows are in hand: no query per foreign key.
+        _clean(endpoint, exclude=["tenant", "template", "created_by"], validate_constraints=False)
+        quota = Quota.objects.select_for_update(of=("self",)).select_related("tenant").get(tenant=tenant)
+        if quota.tenant.deleted_at is not None:
+            raise ValidationFailed.for_field("tenant", f"{tenant.slug} has been deleted")
         live = Endpoint.objects.live().filter(tenant=tenant)
         if live.filter(name=name).exists():
             raise Conflict.for_field(
@@ -628,8 +631,8 @@ def request_endpoint(
             )
         _admit(quota, live, template.tier, high * template.gpus_per_replica, high, new_endpoint=True)
         try:
-            with transaction.atomic():
-                endpoint.save()
+            # No savepoint: on an IntegrityError the whole transaction is rolled back anyway.
+            endpoint.save()
         except IntegrityError:  # the partial unique index, should the check above ever be bypassed
             raise Conflict.for_field(
                 "name", f"is taken: tenant {tenant.slug} already has an endpoint named {name}"

@@ -34,10 +34,13 @@ class ApiTokenQuerySet(models.QuerySet):
         now = timezone.now()
         if not token.is_usable(now) or not token.user.is_active:
             return None
-        # A conditional UPDATE, so busy automation does not write the row on every request.
-        self.filter(pk=token.pk).filter(
-            Q(last_used_at__isnull=True) | Q(last_used_at__lt=now - timedelta(minutes=1))
-        ).update(last_used_at=now)
+        # At most once a minute, so busy automation does not write the row on every request (nor
+        # send a query that changes nothing); the UPDATE is conditional for concurrent requests.
+        stale = now - timedelta(minutes=1)
+        if token.last_used_at is None or token.last_used_at < stale:
+            self.filter(pk=token.pk).filter(Q(last_used_at__isnull=True) | Q(last_used_at__lt=stale)).update(
+                last_used_at=now
+            )
         return token
 
 

@@ -212,3 +212,14 @@ def test_automation_authenticates_with_a_bearer_token(world, client):
     wrong = client.get(URL, HTTP_AUTHORIZATION="Bearer ipt_00000000_nope")
     assert wrong.status_code == 401 and error(wrong)["code"] == "authentication_failed"
     assert "ipt_00000000_nope" not in wrong.content.decode()
+
+
+def test_a_create_by_token_keeps_its_query_count(world, client, django_assert_max_num_queries):
+    """Automation creates endpoints in bursts: every query of the request is one more round trip,
+    most of them under the tenant's quota lock."""
+    issued = actions.issue_api_token(world.bob, world.bob, name="ci")
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {issued.secret}", "content_type": "application/json"}
+    client.post(URL, {"tenant": "acme", "name": "first", "template": "llama-h100"}, **auth)  # marks the token used
+    with django_assert_max_num_queries(16):
+        created = client.post(URL, {"tenant": "acme", "name": "second", "template": "llama-h100"}, **auth)
+    assert created.status_code == 201, created.json()

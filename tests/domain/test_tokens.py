@@ -45,6 +45,20 @@ def test_a_token_authenticates_until_revoked_or_expired() -> None:
     assert ApiToken.objects.authenticate(soon.secret) is None
 
 
+def test_a_token_in_use_is_marked_used_at_most_once_a_minute(django_assert_num_queries) -> None:
+    user = make_user()
+    issued = actions.issue_api_token(user, user, name="ci")
+    with django_assert_num_queries(2):  # the token, and marking it used
+        ApiToken.objects.authenticate(issued.secret)
+    first = ApiToken.objects.get(pk=issued.token.pk).last_used_at
+    with django_assert_num_queries(1):  # the token only: no write, not even one that changes nothing
+        ApiToken.objects.authenticate(issued.secret)
+    assert ApiToken.objects.get(pk=issued.token.pk).last_used_at == first
+    ApiToken.objects.filter(pk=issued.token.pk).update(last_used_at=first - timedelta(minutes=2))
+    ApiToken.objects.authenticate(issued.secret)
+    assert ApiToken.objects.get(pk=issued.token.pk).last_used_at > first
+
+
 @pytest.mark.parametrize("raw", ["", "ipt_", "ipt_deadbeef_", "xyz_deadbeef_abc", "ipt_deadbeef_wrong"])
 def test_garbage_and_wrong_secrets_do_not_authenticate(raw: str) -> None:
     user = make_user()
