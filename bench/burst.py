@@ -110,7 +110,11 @@ def main() -> int:
                         failures.put(f"{name}: {resp.status_code} {resp.content[:200]!r}")
                 connection.close()
 
-            mine = work[k :: args.posters]
+            # A contiguous share: every poster (a web worker) takes requests for every tenant, as
+            # a load balancer hands them out (a stride of the tenant count would give each one
+            # tenant's requests only).
+            share = -(-len(work) // args.posters)
+            mine = work[k * share : (k + 1) * share]
             threads = [threading.Thread(target=post, args=(mine[j::2],)) for j in range(2)]
             for t in threads:
                 t.start()
