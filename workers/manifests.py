@@ -31,11 +31,12 @@ MODEL_SOURCE = re.compile(
 )
 
 MANAGED_BY = "inference-portal"
-# Applied before the Deployment, because its pods need them at creation: a pod naming a
+# Applied before the Deployment, because what comes after needs them at creation: a pod naming a
 # ServiceAccount that does not exist yet is refused ("error looking up service account"), and the
-# ReplicaSet controller backs off before trying again. They carry no ownerReference (their owner
-# does not exist yet); deleting an endpoint removes them by name.
-PREREQUISITE_KINDS = {"ServiceAccount", "Secret"}
+# ReplicaSet controller backs off before trying again; an HTTPRoute whose Service does not exist yet
+# is reported BackendNotFound by the gateway (a warning on the tenant's timeline for a moment). They
+# carry no ownerReference (their owner does not exist yet); deleting an endpoint removes them by name.
+PREREQUISITE_KINDS = {"ServiceAccount", "Secret", "Service"}
 
 # What an endpoint has besides its Deployment, for removal of leftovers.
 COMPANION_KINDS = [

@@ -7,6 +7,7 @@ that. Nothing holds a database transaction or lock across a Kubernetes call.
 from __future__ import annotations
 
 import base64
+import copy
 import logging
 import math
 import secrets
@@ -20,7 +21,7 @@ from endpoints.choices import EndpointPhase
 from endpoints.models import Endpoint, EndpointKey
 
 from . import failpoints, manifests
-from .kube import Cluster, PermanentKubeError
+from .kube import Cluster, KubeError, PermanentKubeError
 from .tenant_clusters import ensure_tenant_cluster
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ def load(endpoint_id: int) -> Endpoint:
     return Endpoint.objects.select_related(
         "tenant",
         "tenant__quota",
+        "tenant__cluster",
         "template",
         "template__model",
         "template__tier",
@@ -197,11 +199,38 @@ def owned_by(doc: dict, deployment: dict) -> dict:
     return doc
 
 
+def ensure_namespace(cluster: Cluster, doc: dict) -> bool:
+    """Apply the tenant's namespace unless this client has applied the same document already: a
+    burst of deploys into one tenant cluster applies it once, not once per endpoint. Returns
+    whether it was applied. Should it be deleted behind our back, apply_endpoint forgets it and
+    applies it again."""
+    key = f"Namespace/{doc['metadata']['name']}"
+    if cluster.applied_docs.get(key) == doc:
+        return False
+    cluster.apply(doc)
+    cluster.applied_docs[key] = copy.deepcopy(doc)
+    return True
+
+
 def apply_endpoint(cluster: Cluster, endpoint: Endpoint) -> int:
-    """Apply the namespace and the endpoint's objects; the Deployment first, then its companions
-    owned by it, so deleting the Deployment leaves nothing behind. Returns how many were applied."""
+    """Apply the namespace and the endpoint's objects: what the others need first, then the
+    Deployment, then the rest owned by it. Returns how many were applied."""
     namespace = naming.namespace_for(endpoint.tenant)
-    cluster.apply(manifests.render_namespace(endpoint.tenant.slug, namespace))
+    doc = manifests.render_namespace(endpoint.tenant.slug, namespace)
+    fresh = ensure_namespace(cluster, doc)
+    try:
+        return _apply_objects(cluster, endpoint, namespace) + 1
+    except KubeError as exc:
+        if fresh or exc.status != 404:
+            raise
+        # "namespaces ... not found": someone deleted it since this client applied it.
+        log.warning("namespace %s is gone from %s; applying it again", namespace, cluster.name)
+        cluster.applied_docs.pop(f"Namespace/{namespace}", None)
+        ensure_namespace(cluster, doc)
+        return _apply_objects(cluster, endpoint, namespace) + 1
+
+
+def _apply_objects(cluster: Cluster, endpoint: Endpoint, namespace: str) -> int:
     if settings.PORTAL_HF_TOKEN:
         cluster.apply(
             manifests.render_hf_token_secret(endpoint.tenant.slug, namespace, settings.PORTAL_HF_TOKEN)
@@ -219,7 +248,7 @@ def apply_endpoint(cluster: Cluster, endpoint: Endpoint) -> int:
     for i, _ in enumerate(cluster.apply_all(companions)):
         if i == 2:
             failpoints.hit("mid-companions")
-    return len(docs) + 1
+    return len(docs)
 
 
 def owned(docs: list[dict]) -> list[dict]:
@@ -232,20 +261,21 @@ def deploy(endpoint_id: int) -> str:
     endpoint = load(endpoint_id)
     if endpoint.phase not in CONVERGE_PHASES:
         return f"skipped: endpoint is {endpoint.phase}"
-    if endpoint.phase == P.REQUESTED:
-        tc = getattr(endpoint.tenant, "cluster", None)
-        if tc is None or not tc.is_ready:
-            actions.transition_endpoint(
-                endpoint.pk,
-                expected=P.REQUESTED,
-                new=P.PROVISIONING_TENANT,
-                reason="ProvisioningTenant",
-                message="Creating the tenant cluster.",
-            )
+    tc = getattr(endpoint.tenant, "cluster", None)
+    cluster_was_ready = tc is not None and tc.is_ready
+    if endpoint.phase == P.REQUESTED and not cluster_was_ready:
+        actions.transition_endpoint(
+            endpoint.pk,
+            expected=P.REQUESTED,
+            new=P.PROVISIONING_TENANT,
+            reason="ProvisioningTenant",
+            message="Creating the tenant cluster.",
+        )
     cluster = ensure_tenant_cluster(endpoint.tenant_id)
-    endpoint = load(endpoint_id)  # the phase may have moved while the tenant cluster came up
-    if endpoint.phase not in CONVERGE_PHASES:
-        return f"skipped: endpoint is {endpoint.phase}"
+    if not cluster_was_ready:
+        endpoint = load(endpoint_id)  # the phase may have moved while the tenant cluster came up
+        if endpoint.phase not in CONVERGE_PHASES:
+            return f"skipped: endpoint is {endpoint.phase}"
     count = apply_endpoint(cluster, endpoint)
     failpoints.hit("before-record")
     actions.record_observation(endpoint.pk, observed_generation=endpoint.generation, url=url_for(endpoint))

@@ -118,6 +118,9 @@ class Cluster:
         self._discovered: dict[tuple[str, str], Kind] = {}
         self._lock = threading.Lock()
         self.answered_at = 0.0  # monotonic time of the last call that succeeded; 0 after a failure
+        # Documents applied through this client that callers need not apply again (see
+        # provision.ensure_namespace), as name -> the document; a new client starts empty.
+        self.applied_docs: dict[str, dict] = {}
 
     def answered_within(self, seconds: float) -> bool:
         """Whether the last call succeeded, less than SECONDS ago."""
