@@ -26,6 +26,9 @@ from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
 GROUP, VERSION = "gateway.networking.k8s.io", "v1"
+# A route's status is written at once; its Gateway's attachedRoutes at most this often, so a burst
+# of routes costs a few Gateway writes rather than one each.
+GATEWAY_STATUS_INTERVAL = 0.5
 log = logging.getLogger("gateway-emulator")
 
 
@@ -167,8 +170,9 @@ class Controller:
             "gateways",
             lambda **kw: self.custom.list_cluster_custom_object(GROUP, VERSION, "gateways", **kw),
             _ns_key,
-            self._all,
+            self._gateway,
         )
+        self.gateway_generations: dict[tuple[str, str], int] = {}
         self.routes = Cache(
             "httproutes",
             lambda **kw: self.custom.list_cluster_custom_object(GROUP, VERSION, "httproutes", **kw),
@@ -193,6 +197,22 @@ class Controller:
     def _all(self, _obj: dict | None) -> None:
         self.work.put(("all", None))
 
+    def _gateway(self, obj: dict | None) -> None:
+        """A Gateway's spec changed, or it came or went: everything again. Not for a change of its
+        status alone, which is mostly this emulator's own write (attachedRoutes, once per route):
+        re-checking every route after each of those made a burst of N routes cost N² checks."""
+        if obj is not None:
+            key = _ns_key(obj)
+            present = self.gateways.get(key) is not None
+            generation = obj["metadata"].get("generation")
+            if present and self.gateway_generations.get(key) == generation:
+                return
+            if present:
+                self.gateway_generations[key] = generation
+            else:
+                self.gateway_generations.pop(key, None)
+        self._all(obj)
+
     def _route(self, obj: dict | None) -> None:
         self.work.put(("route", _ns_key(obj)) if obj else ("all", None))
         self.work.put(("gateways", None))
@@ -212,9 +232,13 @@ class Controller:
             threading.Thread(target=cache.run, daemon=True, name=cache.name).start()
         for cache in self.caches:
             cache.synced.wait()
+        gateways_due: float | None = None  # when the Gateways' status (attachedRoutes) is written next
         while True:
-            kind, key = self.work.get()
-            pending = {(kind, key)}
+            wait = None if gateways_due is None else max(0.0, gateways_due - time.monotonic())
+            try:
+                pending = {self.work.get(timeout=wait)}
+            except queue.Empty:
+                pending = set()
             while True:  # coalesce a burst of events into one pass
                 try:
                     pending.add(self.work.get(timeout=0.02))
@@ -226,13 +250,19 @@ class Controller:
                     for route in self.routes.snapshot():
                         self.sync_route(route)
                     self.sync_gateways()
+                    gateways_due = None
                     continue
                 for k, v in pending:
                     if k == "route":
                         route = self.routes.get(v)
                         if route:
                             self.sync_route(route)
-                if ("gateways", None) in pending:
+                # Routes' own status at once; the Gateways' route counts at most every
+                # GATEWAY_STATUS_INTERVAL, as controllers batch status writes.
+                if ("gateways", None) in pending and gateways_due is None:
+                    gateways_due = time.monotonic() + GATEWAY_STATUS_INTERVAL
+                if gateways_due is not None and time.monotonic() >= gateways_due:
+                    gateways_due = None
                     self.sync_gateways()
             except Exception:  # noqa: BLE001
                 log.exception("sync failed; retrying on the next event")

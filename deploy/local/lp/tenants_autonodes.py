@@ -410,26 +410,84 @@ class TenantView:
     pools: list[NodePool]
 
 
-def list_json(api: client.ApiClient, path: str) -> list[dict]:
-    """The items of a LIST as plain JSON, from the API server's watch cache (resourceVersion=0).
+class Mirror:
+    """One kind of a tenant cluster kept in memory by list-then-watch, as an informer keeps it.
 
-    A pass runs every second over every pod of every tenant cluster. Building the client's model
-    objects for hundreds of pods and turning them back into dicts was about half of this process's
-    time in a burst of 300 pending pods, and a consistent read sent each LIST on to etcd. A view up
-    to a moment old serves a once-a-second controller, as an informer's cache serves a real one."""
-    resp = api.call_api(
-        path,
-        "GET",
-        query_params=[("resourceVersion", "0")],
-        header_params={"Accept": "application/json"},
-        auth_settings=["BearerToken"],
-        _preload_content=False,
-        _request_timeout=30,
-    )[0]
-    try:
-        return json.loads(resp.data).get("items") or []
-    finally:
-        resp.release_conn()
+    A pass every second used to LIST every pod and node of every tenant cluster: with a few hundred
+    pending pods that was most of this process's time and a share of each API server's, for a view
+    that changes a few times a second at most. The watch resumes from its last resourceVersion and
+    lists again on 410 Gone or any failure."""
+
+    def __init__(self, api: client.ApiClient, path: str, name: str) -> None:
+        self.api, self.path = api, path
+        self.items: dict[str, dict] = {}
+        self.lock = threading.Lock()
+        self.synced = threading.Event()
+        self.stopped = threading.Event()
+        threading.Thread(target=self._run, daemon=True, name=f"mirror {name} {path}").start()
+
+    def snapshot(self) -> list[dict]:
+        with self.lock:
+            return list(self.items.values())
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+    def _get(self, query: list[tuple[str, str]], timeout):
+        return self.api.call_api(
+            self.path,
+            "GET",
+            query_params=query,
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+            _preload_content=False,
+            _request_timeout=timeout,
+        )[0]
+
+    def _run(self) -> None:
+        from kubernetes.watch.watch import iter_resp_lines
+
+        while not self.stopped.is_set():
+            try:
+                resp = self._get([("resourceVersion", "0")], 30)
+                try:
+                    listing = json.loads(resp.data)
+                finally:
+                    resp.release_conn()
+                with self.lock:
+                    self.items = {o["metadata"]["uid"]: o for o in listing.get("items") or []}
+                self.synced.set()
+                version = listing["metadata"]["resourceVersion"]
+                while not self.stopped.is_set():
+                    query = [
+                        ("watch", "1"),
+                        ("resourceVersion", version),
+                        ("allowWatchBookmarks", "true"),
+                        ("timeoutSeconds", "60"),
+                    ]
+                    resp = self._get(query, (10, 90))
+                    try:
+                        for line in iter_resp_lines(resp):
+                            event = json.loads(line)
+                            obj = event["object"]
+                            if event["type"] == "ERROR":
+                                raise ApiException(status=obj.get("code", 500), reason=obj.get("message"))
+                            version = obj["metadata"].get("resourceVersion", version)
+                            if event["type"] == "BOOKMARK":
+                                continue
+                            with self.lock:
+                                if event["type"] == "DELETED":
+                                    self.items.pop(obj["metadata"]["uid"], None)
+                                else:
+                                    self.items[obj["metadata"]["uid"]] = obj
+                            if self.stopped.is_set():
+                                return
+                    finally:
+                        resp.release_conn()
+            except Exception as exc:  # noqa: BLE001 - 410 Gone, a restart, a timeout: list again
+                if not (isinstance(exc, ApiException) and exc.status == 410):
+                    log.debug("auto nodes: watching %s: %s; listing again", self.path, exc)
+                    self.stopped.wait(1)
 
 
 class AutoNodes:
@@ -442,8 +500,31 @@ class AutoNodes:
         self.empty_since: dict[tuple[str, str], dt.datetime] = {}
         self.reported: dict[str, str] = {}  # pod uid -> the last event reason we gave it
         self.held: dict[str, dict[tuple[str, str], Decimal]] = {}  # tenant -> (pool, resource) -> GPUs
+        self.mirrors: dict[str, tuple[client.ApiClient, Mirror, Mirror]] = {}  # tenant -> (api, nodes, pods)
+
+    def _mirrored(self, view: TenantView) -> tuple[list[dict], list[dict]] | None:
+        """The tenant cluster's nodes and pods from its mirrors; None until both have listed once."""
+        held = self.mirrors.get(view.key)
+        if held is None or held[0] is not view.api:  # new, or the tenant's API server was restarted
+            if held is not None:
+                held[1].stop()
+                held[2].stop()
+            held = (
+                view.api,
+                Mirror(view.api, "/api/v1/nodes", view.key),
+                Mirror(view.api, "/api/v1/pods", view.key),
+            )
+            self.mirrors[view.key] = held
+        _, nodes, pods = held
+        if not (nodes.synced.is_set() and pods.synced.is_set()):
+            return None
+        return nodes.snapshot(), pods.snapshot()
 
     def tick(self, tenants: list[TenantView], live_keys: set[str] | None) -> None:
+        for key in set(self.mirrors) - {view.key for view in tenants}:
+            _, nodes, pods = self.mirrors.pop(key)
+            nodes.stop()
+            pods.stop()
         if live_keys is not None:
             for holder in self.pool.holders() - live_keys:
                 released = self.pool.release_all(holder)
@@ -455,8 +536,12 @@ class AutoNodes:
         seen_nodes: set[tuple[str, str]] = set()
         for view in tenants:
             try:
-                nodes = list_json(view.api, "/api/v1/nodes")
-                pods = list_json(view.api, "/api/v1/pods")
+                mirrored = self._mirrored(view)
+                if mirrored is None:
+                    seen_pods |= {uid for uid in self.reported}  # not listed yet: forget nothing
+                    seen_nodes |= {k for k in self.empty_since if k[0] == view.key}
+                    continue
+                nodes, pods = mirrored
                 seen_pods |= {p["metadata"]["uid"] for p in pods}
                 seen_nodes |= {(view.key, n["metadata"]["name"]) for n in nodes}
                 self._reconcile_records(view, nodes)
