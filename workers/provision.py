@@ -101,9 +101,17 @@ class Keys:
     probe: str  # the key the first-request gate calls through the gateway with
 
 
-def existing_keys(cluster: Cluster, endpoint: Endpoint, live: LiveObjects | None = None) -> Keys:
-    """Reuse the keys already in the endpoint's auth Secret; make new ones the first time."""
+def existing_keys(
+    cluster: Cluster, endpoint: Endpoint, live: LiveObjects | None = None, *, first_apply: bool = False
+) -> Keys:
+    """Reuse the keys already in the endpoint's auth Secret; make new ones the first time.
+
+    FIRST_APPLY (nothing was ever applied for it: observed_generation 0) skips the read: there is
+    no Secret yet. Should an earlier attempt have applied one and stopped before recording, the new
+    keys replace it together with the Deployment's key hashes, and nothing has served with them."""
     name = f"{naming.object_name(endpoint)}-auth"
+    if first_apply:
+        return Keys(internal=secrets.token_urlsafe(32), probe=secrets.token_urlsafe(32))
     if live is not None:
         secret = live.get("v1", "Secret", name)
     else:
@@ -177,8 +185,10 @@ def spec_for(endpoint: Endpoint, keys: Keys) -> manifests.EndpointSpec:
     )
 
 
-def desired_objects(cluster: Cluster, endpoint: Endpoint, live: LiveObjects | None = None) -> list[dict]:
-    keys = existing_keys(cluster, endpoint, live)
+def desired_objects(
+    cluster: Cluster, endpoint: Endpoint, live: LiveObjects | None = None, *, first_apply: bool = False
+) -> list[dict]:
+    keys = existing_keys(cluster, endpoint, live, first_apply=first_apply)
     docs = manifests.render_endpoint(spec_for(endpoint, keys))
     for doc in docs:
         if doc["kind"] == "Secret":
@@ -235,7 +245,7 @@ def _apply_objects(cluster: Cluster, endpoint: Endpoint, namespace: str) -> int:
         cluster.apply(
             manifests.render_hf_token_secret(endpoint.tenant.slug, namespace, settings.PORTAL_HF_TOKEN)
         )
-    docs = desired_objects(cluster, endpoint)
+    docs = desired_objects(cluster, endpoint, first_apply=endpoint.observed_generation == 0)
     (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
     # What the pods need at creation first (concurrently), then the Deployment, then the
     # companions it owns (concurrently: about one round trip each stage instead of one per object).

@@ -18,10 +18,12 @@ class Recorder:
 
     def __init__(self) -> None:
         self.applied: list[dict] = []
+        self.reads: list[tuple] = []
         self.applied_docs: dict[str, dict] = {}
         self.namespace_deleted = False  # then the next namespaced apply answers 404, as the API does
 
     def get(self, *args, **kwargs) -> None:
+        self.reads.append(args)
         return None  # a new endpoint: no auth Secret yet
 
     def apply(self, obj: dict) -> dict:
@@ -79,3 +81,17 @@ def test_the_namespace_is_applied_once_per_client_and_again_when_it_was_deleted(
         "ep-two",
         "ep-three",
     }
+
+
+def test_a_first_apply_reads_no_secret_and_a_later_one_reads_it_for_its_keys():
+    template = make_template()
+    tenant = make_tenant(quota=roomy_quota(template.tier))
+    endpoint = provision.load(make_endpoint(tenant, template).pk)
+    cluster = Recorder()
+
+    provision.apply_endpoint(cluster, endpoint)
+    assert cluster.reads == []  # nothing was ever applied for it: no Secret to read
+
+    endpoint.observed_generation = 1
+    provision.apply_endpoint(cluster, endpoint)
+    assert [r[:2] for r in cluster.reads] == [("v1", "Secret")]
