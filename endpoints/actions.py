@@ -597,7 +597,8 @@ def request_endpoint(
         # The template and its model first, the tenant's quota after: the quota's row lock
         # serialises the tenant's requests, so it is held for the admission and the inserts only.
         # (retire_model locks the model alone, so the order of the two locks cannot deadlock.)
-        template = Template.objects.select_related("tier", "image").get(pk=template.pk)
+        if not all(Template._meta.get_field(f).is_cached(template) for f in ("tier", "image")):
+            template = Template.objects.select_related("tier", "image").get(pk=template.pk)
         # So that a concurrent retire_model either sees this endpoint (and flags it) or commits
         # before we read the status.
         model = _share_lock_model(template.model_id)
@@ -791,11 +792,11 @@ def set_endpoint_condition(
     message: str,
     *,
     event_type: str | None = None,
-) -> Endpoint:
+) -> None:
     """Set one condition under the endpoint's row lock (conditions are read-modify-write, so
     everyone who changes them, workers included, goes through here). A change of status also
     lands on the timeline."""
-    return set_endpoint_conditions(endpoint_id, [(type_, status, reason, message)], event_type=event_type)
+    set_endpoint_conditions(endpoint_id, [(type_, status, reason, message)], event_type=event_type)
 
 
 def set_endpoint_conditions(
@@ -803,30 +804,50 @@ def set_endpoint_conditions(
     changes: Iterable[tuple[str, str, str, str]],
     *,
     event_type: str | None = None,
-) -> Endpoint:
-    """Set several conditions, each (type, status, reason, message), in one transaction under the
-    endpoint's row lock: what set_endpoint_condition does for each, with one read and one write
-    of the row (the watcher often has five or six to set at once)."""
+    read: list[dict] | None = None,
+) -> None:
+    """Set several conditions, each (type, status, reason, message), in one transaction: what
+    set_endpoint_condition does for each, with one write of the row (the watcher often has five or
+    six to set at once).
+
+    Conditions are read-modify-write. READ, when given, is the conditions as the caller read them
+    a moment ago: they are written by compare-and-set against it (one UPDATE, no row lock; the
+    watcher writes hundreds of endpoints in a burst). Should they have changed meanwhile, or
+    without READ, the row is read again under its lock."""
+    changes = list(changes)
     with transaction.atomic():
-        endpoint = Endpoint.objects.select_for_update().get(pk=endpoint_id)
         now = timezone.now()
-        news = []
-        for type_, status, reason, message in changes:
-            old = endpoint.condition(type_)
-            endpoint.conditions = set_condition(endpoint.conditions, type_, status, reason, message, now)
-            # The timeline shows changes: a condition's first report is news only when it is True
-            # (its first False says nothing the phase event has not said already).
-            if (old is None and status == ConditionStatus.TRUE) or (
-                old is not None and old.get("status") != status
-            ):
-                kind = event_type or (
-                    EventType.NORMAL if status == ConditionStatus.TRUE else EventType.WARNING
-                )
-                news.append((reason, message, kind))
-        endpoint.save(update_fields=["conditions", "updated"])
-        for reason, message, kind in news:
-            _event(endpoint, reason, message, kind)
-    return endpoint
+        if read is not None:
+            conditions, news = _with_conditions(read, changes, now, event_type)
+            written = Endpoint.objects.filter(pk=endpoint_id, conditions=read).update(
+                conditions=conditions, updated=now
+            )
+        if read is None or not written:
+            endpoint = Endpoint.objects.select_for_update().only("conditions").get(pk=endpoint_id)
+            conditions, news = _with_conditions(endpoint.conditions, changes, now, event_type)
+            Endpoint.objects.filter(pk=endpoint_id).update(conditions=conditions, updated=now)
+        EndpointEvent.objects.bulk_create(
+            EndpointEvent(endpoint_id=endpoint_id, type=kind, reason=reason, message=message[: v.MAX_MESSAGE])
+            for reason, message, kind in news
+        )
+
+
+def _with_conditions(
+    conditions: list[dict], changes: list[tuple[str, str, str, str]], now: datetime, event_type: str | None
+) -> tuple[list[dict], list[tuple[str, str, str]]]:
+    """CONDITIONS with CHANGES set, and the changes that are news for the timeline."""
+    news = []
+    for type_, status, reason, message in changes:
+        old = next((c for c in conditions if c.get("type") == type_), None)
+        conditions = set_condition(conditions, type_, status, reason, message, now)
+        # The timeline shows changes: a condition's first report is news only when it is True
+        # (its first False says nothing the phase event has not said already).
+        if (old is None and status == ConditionStatus.TRUE) or (
+            old is not None and old.get("status") != status
+        ):
+            kind = event_type or (EventType.NORMAL if status == ConditionStatus.TRUE else EventType.WARNING)
+            news.append((reason, message, kind))
+    return conditions, news
 
 
 _KEEP: Any = object()

@@ -349,7 +349,7 @@ class Watcher:
             ):
                 changed.append((ctype, cond.status, cond.reason or ctype, cond.message[:500]))
         if changed:
-            actions.set_endpoint_conditions(endpoint.pk, changed)
+            actions.set_endpoint_conditions(endpoint.pk, changed, read=endpoint.conditions)
         progress = reading.progress if reading.phase != st.READY else 100
         if reading.phase == endpoint.phase and reading.phase in STARTUP_ORDER and endpoint.load_progress:
             # Within one stage the bar only moves forward: a late log line or an estimate from an

@@ -16,7 +16,7 @@ from endpoints.choices import (
     EndpointPhase,
 )
 from endpoints.exceptions import Conflict, IllegalTransition, QuotaExceeded
-from endpoints.models import EndpointUsage, set_condition
+from endpoints.models import Endpoint, EndpointEvent, EndpointUsage, set_condition
 from tests.factories import make_endpoint, make_template, make_tenant, make_tier
 
 pytestmark = pytest.mark.django_db
@@ -189,3 +189,27 @@ def test_workers_record_what_they_observe_without_touching_the_rest(endpoint) ->
         actions.record_observation(endpoint.pk, load_progress=101)
     with pytest.raises(ValidationFailed, match="url must be an http"):
         actions.record_observation(endpoint.pk, url="javascript:alert(1)")
+
+
+def test_conditions_by_compare_and_set_write_once_and_lose_nothing_to_a_concurrent_writer(
+    endpoint, django_assert_num_queries
+) -> None:
+    read = Endpoint.objects.get(pk=endpoint.pk).conditions
+    with django_assert_num_queries(4):  # savepoint, the UPDATE, the timeline, release: no row lock
+        actions.set_endpoint_conditions(
+            endpoint.pk, [("RouteAccepted", "True", "Accepted", "by the gateway")], read=read
+        )
+    first = Endpoint.objects.get(pk=endpoint.pk)
+    assert first.condition("RouteAccepted")["status"] == "True"
+    assert EndpointEvent.objects.filter(endpoint=endpoint, reason="Accepted").count() == 1
+
+    # Someone else writes a condition after the watcher read the row: the compare-and-set misses,
+    # the row is read again under its lock, and both conditions stay.
+    actions.set_endpoint_condition(endpoint.pk, "Ready", "False", "Draining", "being deleted")
+    actions.set_endpoint_conditions(
+        endpoint.pk, [("Scheduled", "True", "Scheduled", "on node-1")], read=first.conditions
+    )
+    after = Endpoint.objects.get(pk=endpoint.pk)
+    assert after.condition("Ready")["reason"] == "Draining"
+    assert after.condition("Scheduled")["status"] == "True"
+    assert after.condition("RouteAccepted")["status"] == "True"
