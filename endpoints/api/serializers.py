@@ -286,7 +286,8 @@ class TemplateChoiceField(serializers.SlugRelatedField):
         super().__init__(slug_field="name", queryset=Template.objects.none(), **kwargs)
 
     def get_queryset(self):
-        return Template.objects.for_user(_user(self))
+        # With what request_endpoint and the response need, so neither reads the template again.
+        return Template.objects.for_user(_user(self)).select_related("tier", "image")
 
 
 class EndpointSerializer(PortalModelSerializer):

@@ -6,6 +6,7 @@ checks (viewer, member, owner, staff) live in the actions, which raise NotAllowe
 
 from __future__ import annotations
 
+from django.db.models import prefetch_related_objects
 from django.shortcuts import get_object_or_404
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.types import OpenApiTypes
@@ -220,7 +221,10 @@ class EndpointViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, PortalVi
             min_replicas=data.get("min_replicas"),
             max_replicas=data.get("max_replicas"),
         )
-        return self.respond(self.get_queryset().get(pk=endpoint.pk), status.HTTP_201_CREATED)
+        # The new row with the tenant, template, tier, image and model it was admitted with: only
+        # its (empty) usage is left to read for the response.
+        prefetch_related_objects([endpoint], "usage")
+        return self.respond(endpoint, status.HTTP_201_CREATED)
 
     @extend_schema(responses={202: s.EndpointSerializer})
     def destroy(self, request, pk=None):
