@@ -65,6 +65,9 @@ DATABASES = {
     "default": dj_database_url.parse(
         env_str("DATABASE_URL", "postgresql://portal@127.0.0.1:55432/portal"),
         conn_max_age=env_int("PORTAL_DB_CONN_MAX_AGE", 60, minimum=0),
+        # A reused connection is checked before its first query of a request or task, so a
+        # PostgreSQL restart costs one reconnect rather than one failed request.
+        conn_health_checks=True,
     )
 }
 if DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
@@ -129,6 +132,10 @@ CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=30)
 }
+# Celery's Django fixup closes every database connection before and after each task unless this
+# is set (it then closes them every 2 × this many tasks). Tasks keep their connections as web
+# requests do, under CONN_MAX_AGE: see portal/celery.py.
+CELERY_DB_REUSE_MAX = 1000
 
 # The host cluster the workers talk to first; empty means in-cluster configuration.
 KUBECONFIG = env_str("KUBECONFIG", "")
