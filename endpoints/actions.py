@@ -742,15 +742,18 @@ def transition_endpoint(
     reason: str = "",
     message: str = "",
     actor: Actor = None,
+    observed: dict[str, Any] | None = None,
 ) -> bool:
     """Move an endpoint from EXPECTED to NEW if it is still in EXPECTED (compare-and-set).
 
     Returns False, changing nothing, when someone else moved it first; raises
-    IllegalTransition when the table does not allow EXPECTED -> NEW. For the workers.
+    IllegalTransition when the table does not allow EXPECTED -> NEW. For the workers. OBSERVED,
+    fields record_observation would write, go in the same UPDATE (only if the phase moves).
     """
     EndpointPhase(expected).check_transition(new)
     now = timezone.now()
     changes: dict[str, Any] = {
+        **(observed or {}),
         "phase": new,
         "phase_reason": reason[:64],
         "phase_message": message[: v.MAX_MESSAGE],
@@ -805,6 +808,8 @@ def set_endpoint_conditions(
     *,
     event_type: str | None = None,
     read: list[dict] | None = None,
+    also: dict[str, Any] | None = None,
+    phase: str | None = None,
 ) -> None:
     """Set several conditions, each (type, status, reason, message), in one transaction: what
     set_endpoint_condition does for each, with one write of the row (the watcher often has five or
@@ -813,19 +818,26 @@ def set_endpoint_conditions(
     Conditions are read-modify-write. READ, when given, is the conditions as the caller read them
     a moment ago: they are written by compare-and-set against it (one UPDATE, no row lock; the
     watcher writes hundreds of endpoints in a burst). Should they have changed meanwhile, or
-    without READ, the row is read again under its lock."""
+    without READ, the row is read again under its lock.
+
+    ALSO, other fields the watcher observed (phase reason, progress), go in the same UPDATE while
+    the endpoint is still in PHASE; if it has moved on, they are left out (the next reading says
+    what holds in the new phase)."""
     changes = list(changes)
+    also = also or {}
     with transaction.atomic():
         now = timezone.now()
         if read is not None:
             conditions, news = _with_conditions(read, changes, now, event_type)
-            written = Endpoint.objects.filter(pk=endpoint_id, conditions=read).update(
-                conditions=conditions, updated=now
+            rows = Endpoint.objects.filter(pk=endpoint_id, conditions=read)
+            written = rows.filter(**({"phase": phase} if also and phase else {})).update(
+                **also, conditions=conditions, updated=now
             )
         if read is None or not written:
-            endpoint = Endpoint.objects.select_for_update().only("conditions").get(pk=endpoint_id)
+            endpoint = Endpoint.objects.select_for_update().only("conditions", "phase").get(pk=endpoint_id)
             conditions, news = _with_conditions(endpoint.conditions, changes, now, event_type)
-            Endpoint.objects.filter(pk=endpoint_id).update(conditions=conditions, updated=now)
+            extra = also if phase is None or endpoint.phase == phase else {}
+            Endpoint.objects.filter(pk=endpoint_id).update(**extra, conditions=conditions, updated=now)
         EndpointEvent.objects.bulk_create(
             EndpointEvent(endpoint_id=endpoint_id, type=kind, reason=reason, message=message[: v.MAX_MESSAGE])
             for reason, message, kind in news

@@ -288,17 +288,21 @@ def deploy(endpoint_id: int) -> str:
             return f"skipped: endpoint is {endpoint.phase}"
     count = apply_endpoint(cluster, endpoint)
     failpoints.hit("before-record")
-    actions.record_observation(endpoint.pk, observed_generation=endpoint.generation, url=url_for(endpoint))
-    failpoints.hit("after-record")
+    # What was applied, with the move to Scheduling when this was the first apply (one UPDATE).
+    observed = {"observed_generation": endpoint.generation, "url": url_for(endpoint)}
     for start in (P.REQUESTED, P.PROVISIONING_TENANT):
-        if actions.transition_endpoint(
+        if endpoint.phase == start and actions.transition_endpoint(
             endpoint.pk,
             expected=start,
             new=P.SCHEDULING,
             reason="Applied",
             message=f"Applied {count} objects to the tenant cluster.",
+            observed=observed,
         ):
             break
+    else:
+        actions.record_observation(endpoint.pk, **observed)
+    failpoints.hit("after-record")
     return f"applied {count} objects"
 
 

@@ -331,13 +331,13 @@ class Watcher:
                 )
             except Exception as exc:  # noqa: BLE001 - an illegal step is logged, not fatal to the loop
                 log.warning("endpoint %s: %s", endpoint.pk, exc)
-        elif reading.problems:
+        # Without a change of phase, what changed is written in one UPDATE, while the phase holds.
+        fields: dict = {}
+        if reading.phase == endpoint.phase and reading.problems:
             problem = reading.problems[0]
             reason, message = _camel(problem.code), f"{problem.message} {problem.fix}"[:500]
             if (endpoint.phase_reason, endpoint.phase_message) != (reason, message):
-                Endpoint.objects.filter(pk=endpoint.pk, phase=endpoint.phase).update(
-                    phase_reason=reason, phase_message=message
-                )
+                fields.update(phase_reason=reason, phase_message=message)
         current = {c["type"]: c for c in endpoint.conditions or []}
         changed = []
         for ctype, cond in reading.conditions.items():
@@ -348,8 +348,6 @@ class Watcher:
                 cond.message[:500],
             ):
                 changed.append((ctype, cond.status, cond.reason or ctype, cond.message[:500]))
-        if changed:
-            actions.set_endpoint_conditions(endpoint.pk, changed, read=endpoint.conditions)
         progress = reading.progress if reading.phase != st.READY else 100
         if reading.phase == endpoint.phase and reading.phase in STARTUP_ORDER and endpoint.load_progress:
             # Within one stage the bar only moves forward: a late log line or an estimate from an
@@ -357,8 +355,18 @@ class Watcher:
             progress = max(progress, endpoint.load_progress)
         if reading.phase == st.SCHEDULING:
             progress = min(progress, STAGE_FLOOR_SCHEDULING)
+        moved = reading.phase != endpoint.phase
         if endpoint.load_progress != progress:
-            actions.record_observation(endpoint.pk, load_progress=progress)
+            if moved:
+                actions.record_observation(endpoint.pk, load_progress=progress)
+            else:
+                fields["load_progress"] = progress
+        if changed:
+            actions.set_endpoint_conditions(
+                endpoint.pk, changed, read=endpoint.conditions, also=fields, phase=endpoint.phase
+            )
+        elif fields:
+            Endpoint.objects.filter(pk=endpoint.pk, phase=endpoint.phase).update(**fields)
         # What the usage rows say runs now (read with the endpoint, see _endpoints) until this
         # process has recorded a count itself: a new endpoint's first "0 ready" costs no write.
         seen = self.seen_replicas.get(endpoint.pk, getattr(endpoint, "recorded_replicas", None))

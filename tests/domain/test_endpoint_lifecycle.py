@@ -213,3 +213,29 @@ def test_conditions_by_compare_and_set_write_once_and_lose_nothing_to_a_concurre
     assert after.condition("Ready")["reason"] == "Draining"
     assert after.condition("Scheduled")["status"] == "True"
     assert after.condition("RouteAccepted")["status"] == "True"
+
+
+def test_what_the_watcher_writes_with_the_conditions_holds_only_in_the_phase_it_read(endpoint) -> None:
+    row = Endpoint.objects.get(pk=endpoint.pk)
+    actions.set_endpoint_conditions(
+        endpoint.pk,
+        [("Scheduled", "False", "Unschedulable", "no node has a free GPU")],
+        read=row.conditions,
+        also={"phase_reason": "Unschedulable", "load_progress": 3},
+        phase=row.phase,
+    )
+    row = Endpoint.objects.get(pk=endpoint.pk)
+    assert (row.phase_reason, row.load_progress) == ("Unschedulable", 3)
+
+    # The phase moved on after the watcher read the row: the conditions land, the rest does not.
+    assert actions.transition_endpoint(endpoint.pk, expected=row.phase, new=EndpointPhase.FAILED, reason="GaveUp")
+    actions.set_endpoint_conditions(
+        endpoint.pk,
+        [("Scheduled", "True", "Scheduled", "on node-1")],
+        read=row.conditions,
+        also={"phase_reason": "Unschedulable", "load_progress": 5},
+        phase=row.phase,
+    )
+    after = Endpoint.objects.get(pk=endpoint.pk)
+    assert after.condition("Scheduled")["status"] == "True"
+    assert (after.phase, after.phase_reason, after.load_progress) == (EndpointPhase.FAILED, "GaveUp", 3)
