@@ -70,6 +70,7 @@ def main() -> int:
 
     report = h.Report("apply_path")
     stack = h.Stack(env).start()
+    seen = None
     try:
         _, templates = h.make_catalog()
         template = templates[h.VOID_TIER]
@@ -190,6 +191,8 @@ def main() -> int:
         report.line(f"ratio portal/kubectl (p95) {h.percentile(portal, 95) / h.percentile(kube, 95):.3f}")
         h.dump(args.json, {"portal": portal, "kubectl": kube, "kubectl_exit": kube_exit})
     finally:
+        if seen is not None:
+            seen.stop.set()  # its watches end quietly as the cluster goes
         stack.stop()
         if not args.keep_cluster:
             h.uninstall_clusters([SLUG], env)

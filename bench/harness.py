@@ -402,17 +402,17 @@ class Seen:
     def _run(self, api_version: str, kind: str) -> None:
         first = True
         while not self.stop.is_set():
-            items, rv = self.cluster.list_with_version(api_version, kind, label_selector=self.selector)
-            now = time.monotonic()
-            with self.cond:
-                for obj in items:
-                    key = (kind, obj["metadata"]["namespace"], obj["metadata"]["name"])
-                    self.added.setdefault(key, now)
-                    self.objects[key] = obj
-            if first:
-                first = False
-                self.ready.wait(timeout=30)
             try:
+                items, rv = self.cluster.list_with_version(api_version, kind, label_selector=self.selector)
+                now = time.monotonic()
+                with self.cond:
+                    for obj in items:
+                        key = (kind, obj["metadata"]["namespace"], obj["metadata"]["name"])
+                        self.added.setdefault(key, now)
+                        self.objects[key] = obj
+                if first:
+                    first = False
+                    self.ready.wait(timeout=30)
                 for event in self.cluster.watch(
                     api_version, kind, resource_version=rv, timeout_seconds=120, label_selector=self.selector
                 ):
@@ -436,6 +436,8 @@ class Seen:
                     if self.stop.is_set():
                         return
             except Exception as exc:  # noqa: BLE001 - re-list and go on, as an informer does
+                if self.stop.is_set():
+                    return  # the bench is done and its cluster going: nothing to report
                 print(f"watch {kind}: {exc}", file=sys.stderr)
                 time.sleep(0.2)
 

@@ -60,6 +60,7 @@ def main() -> int:
 
     report = h.Report("status_propagation")
     stack = h.Stack(env).start()
+    pods = None
     try:
         _, templates = h.make_catalog()
         template = templates[h.GPU_TIER]
@@ -194,6 +195,8 @@ def main() -> int:
         )
         h.dump(args.json, {"portal": portal, "kubectl": kube, "kubectl_already_waiting": kube_early})
     finally:
+        if pods is not None:
+            pods.stop.set()  # its watches end quietly as the cluster goes
         stack.stop()
         if not args.keep_cluster:
             h.uninstall_clusters([SLUG], env)
