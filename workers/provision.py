@@ -258,6 +258,16 @@ def _apply_objects(cluster: Cluster, endpoint: Endpoint, namespace: str) -> int:
     for i, _ in enumerate(cluster.apply_all(companions)):
         if i == 2:
             failpoints.hit("mid-companions")
+    if endpoint.observed_generation and not any(d["kind"] == "HorizontalPodAutoscaler" for d in docs):
+        # A replica range that became fixed: its autoscaler would go on moving the replicas, up to
+        # the old maximum and past what the quota admitted. (A first apply has none to remove.)
+        cluster.delete(
+            "autoscaling/v2",
+            "HorizontalPodAutoscaler",
+            stored["metadata"]["name"],
+            namespace,
+            propagation="Background",
+        )
     return len(docs)
 
 

@@ -19,8 +19,13 @@ class Recorder:
     def __init__(self) -> None:
         self.applied: list[dict] = []
         self.reads: list[tuple] = []
+        self.deleted: list[tuple[str, str]] = []
         self.applied_docs: dict[str, dict] = {}
         self.namespace_deleted = False  # then the next namespaced apply answers 404, as the API does
+
+    def delete(self, api_version: str, kind: str, name: str, namespace: str | None = None, **kwargs) -> bool:
+        self.deleted.append((kind, name))
+        return False
 
     def get(self, *args, **kwargs) -> None:
         self.reads.append(args)
@@ -95,3 +100,18 @@ def test_a_first_apply_reads_no_secret_and_a_later_one_reads_it_for_its_keys():
     endpoint.observed_generation = 1
     provision.apply_endpoint(cluster, endpoint)
     assert [r[:2] for r in cluster.reads] == [("v1", "Secret")]
+
+
+def test_a_replica_range_that_becomes_fixed_loses_its_autoscaler():
+    template = make_template(max_replicas=4)
+    tenant = make_tenant(quota=roomy_quota(template.tier))
+    endpoint = provision.load(make_endpoint(tenant, template, min_replicas=1, max_replicas=4).pk)
+    cluster = Recorder()
+
+    provision.apply_endpoint(cluster, endpoint)
+    assert "HorizontalPodAutoscaler" in [o["kind"] for o in cluster.applied]
+    assert cluster.deleted == []  # a first apply has nothing to remove
+
+    endpoint.observed_generation, endpoint.min_replicas, endpoint.max_replicas = 1, 2, 2
+    provision.apply_endpoint(cluster, endpoint)
+    assert cluster.deleted == [("HorizontalPodAutoscaler", "ep-" + endpoint.name)]
