@@ -46,6 +46,7 @@ FAIL_ANNOTATION = "inference-portal.io/emulate-fail"
 
 # Paths of the kinds the two processes watch, across all namespaces.
 PATHS = {
+    "nodes": "/api/v1/nodes",
     "pods": "/api/v1/pods",
     "secrets": "/api/v1/secrets",
     "services": "/api/v1/services",

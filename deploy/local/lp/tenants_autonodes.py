@@ -31,6 +31,7 @@ from kubernetes.client.rest import ApiException
 from kubernetes.utils import parse_quantity
 
 from . import tiers as tiers_mod
+from .serving import Informer
 
 log = logging.getLogger("vcluster-emulator.autonodes")
 
@@ -410,86 +411,6 @@ class TenantView:
     pools: list[NodePool]
 
 
-class Mirror:
-    """One kind of a tenant cluster kept in memory by list-then-watch, as an informer keeps it.
-
-    A pass every second used to LIST every pod and node of every tenant cluster: with a few hundred
-    pending pods that was most of this process's time and a share of each API server's, for a view
-    that changes a few times a second at most. The watch resumes from its last resourceVersion and
-    lists again on 410 Gone or any failure."""
-
-    def __init__(self, api: client.ApiClient, path: str, name: str) -> None:
-        self.api, self.path = api, path
-        self.items: dict[str, dict] = {}
-        self.lock = threading.Lock()
-        self.synced = threading.Event()
-        self.stopped = threading.Event()
-        threading.Thread(target=self._run, daemon=True, name=f"mirror {name} {path}").start()
-
-    def snapshot(self) -> list[dict]:
-        with self.lock:
-            return list(self.items.values())
-
-    def stop(self) -> None:
-        self.stopped.set()
-
-    def _get(self, query: list[tuple[str, str]], timeout):
-        return self.api.call_api(
-            self.path,
-            "GET",
-            query_params=query,
-            header_params={"Accept": "application/json"},
-            auth_settings=["BearerToken"],
-            _preload_content=False,
-            _request_timeout=timeout,
-        )[0]
-
-    def _run(self) -> None:
-        from kubernetes.watch.watch import iter_resp_lines
-
-        while not self.stopped.is_set():
-            try:
-                resp = self._get([("resourceVersion", "0")], 30)
-                try:
-                    listing = json.loads(resp.data)
-                finally:
-                    resp.release_conn()
-                with self.lock:
-                    self.items = {o["metadata"]["uid"]: o for o in listing.get("items") or []}
-                self.synced.set()
-                version = listing["metadata"]["resourceVersion"]
-                while not self.stopped.is_set():
-                    query = [
-                        ("watch", "1"),
-                        ("resourceVersion", version),
-                        ("allowWatchBookmarks", "true"),
-                        ("timeoutSeconds", "60"),
-                    ]
-                    resp = self._get(query, (10, 90))
-                    try:
-                        for line in iter_resp_lines(resp):
-                            event = json.loads(line)
-                            obj = event["object"]
-                            if event["type"] == "ERROR":
-                                raise ApiException(status=obj.get("code", 500), reason=obj.get("message"))
-                            version = obj["metadata"].get("resourceVersion", version)
-                            if event["type"] == "BOOKMARK":
-                                continue
-                            with self.lock:
-                                if event["type"] == "DELETED":
-                                    self.items.pop(obj["metadata"]["uid"], None)
-                                else:
-                                    self.items[obj["metadata"]["uid"]] = obj
-                            if self.stopped.is_set():
-                                return
-                    finally:
-                        resp.release_conn()
-            except Exception as exc:  # noqa: BLE001 - 410 Gone, a restart, a timeout: list again
-                if not (isinstance(exc, ApiException) and exc.status == 410):
-                    log.debug("auto nodes: watching %s: %s; listing again", self.path, exc)
-                    self.stopped.wait(1)
-
-
 class AutoNodes:
     """Joins pool nodes to tenant clusters on demand and takes idle ones back. One pass per `tick`."""
 
@@ -500,31 +421,33 @@ class AutoNodes:
         self.empty_since: dict[tuple[str, str], dt.datetime] = {}
         self.reported: dict[str, str] = {}  # pod uid -> the last event reason we gave it
         self.held: dict[str, dict[tuple[str, str], Decimal]] = {}  # tenant -> (pool, resource) -> GPUs
-        self.mirrors: dict[str, tuple[client.ApiClient, Mirror, Mirror]] = {}  # tenant -> (api, nodes, pods)
+        # tenant -> (its API client, the event that stops its informers, nodes, pods)
+        self.mirrors: dict[str, tuple[client.ApiClient, threading.Event, Informer, Informer]] = {}
 
     def _mirrored(self, view: TenantView) -> tuple[list[dict], list[dict]] | None:
-        """The tenant cluster's nodes and pods from its mirrors; None until both have listed once."""
+        """The tenant cluster's nodes and pods, kept by list-then-watch as an informer keeps them;
+        None until both have listed once. A pass every second used to LIST every pod and node of
+        every tenant cluster: with a few hundred pending pods, most of this process's time and a
+        share of each API server's, for a view that changes a few times a second at most."""
         held = self.mirrors.get(view.key)
         if held is None or held[0] is not view.api:  # new, or the tenant's API server was restarted
             if held is not None:
-                held[1].stop()
-                held[2].stop()
-            held = (
-                view.api,
-                Mirror(view.api, "/api/v1/nodes", view.key),
-                Mirror(view.api, "/api/v1/pods", view.key),
+                held[1].set()
+            stop = threading.Event()
+            nodes, pods = (
+                Informer(view.api, kind, view.key, lambda: None, stop) for kind in ("nodes", "pods")
             )
-            self.mirrors[view.key] = held
-        _, nodes, pods = held
+            nodes.start()
+            pods.start()
+            held = self.mirrors[view.key] = (view.api, stop, nodes, pods)
+        _, _, nodes, pods = held
         if not (nodes.synced.is_set() and pods.synced.is_set()):
             return None
         return nodes.snapshot(), pods.snapshot()
 
     def tick(self, tenants: list[TenantView], live_keys: set[str] | None) -> None:
         for key in set(self.mirrors) - {view.key for view in tenants}:
-            _, nodes, pods = self.mirrors.pop(key)
-            nodes.stop()
-            pods.stop()
+            self.mirrors.pop(key)[1].set()
         if live_keys is not None:
             for holder in self.pool.holders() - live_keys:
                 released = self.pool.release_all(holder)
