@@ -37,16 +37,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness as h  # noqa: E402
 
-KINDS = [
-    ("apps/v1", "Deployment"),
-    ("v1", "ServiceAccount"),
-    ("v1", "Secret"),
-    ("v1", "Service"),
-    ("gateway.networking.k8s.io/v1", "HTTPRoute"),
-    ("policy/v1", "PodDisruptionBudget"),
-    ("networking.k8s.io/v1", "NetworkPolicy"),
-    ("autoscaling/v2", "HorizontalPodAutoscaler"),
-]
+from workers import manifests  # noqa: E402
+
+# Every kind an endpoint has (an autoscaled one, as this bench requests).
+KINDS = [("apps/v1", "Deployment"), *manifests.COMPANION_KINDS]
 SLUG = "bnchapply"
 
 

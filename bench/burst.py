@@ -34,13 +34,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness as h  # noqa: E402
 
+from workers import manifests  # noqa: E402
+
+# Every kind an endpoint has, but the autoscaler: these endpoints run a fixed single replica.
 KINDS = [
-    ("apps/v1", "Deployment"),
-    ("v1", "Service"),
-    ("gateway.networking.k8s.io/v1", "HTTPRoute"),
-    ("policy/v1", "PodDisruptionBudget"),
-    ("networking.k8s.io/v1", "NetworkPolicy"),
-    ("v1", "ServiceAccount"),
+    (v, k)
+    for v, k in [("apps/v1", "Deployment"), *manifests.COMPANION_KINDS]
+    if k != "HorizontalPodAutoscaler"
 ]
 
 
